@@ -1,0 +1,89 @@
+//! The one error type of restmq, and how each error is answered over HTTP.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+/// Everything that can go wrong in a request. Each variant maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A queue name that is empty, too long or holds control characters.
+    #[error("invalid queue name: {0}")]
+    InvalidQueueName(&'static str),
+    /// A required parameter is absent or empty.
+    #[error("missing parameter: {0}")]
+    MissingParameter(&'static str),
+    /// A parameter is present but unusable.
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParameter {
+        /// The parameter's name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A JSONP callback that is not a JavaScript identifier path.
+    #[error("invalid callback: it must be a JavaScript identifier path such as cb or app.cb")]
+    InvalidCallback,
+    /// A JSON command that is not a JSON object with a non-empty `cmd`.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// A request body over the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A request body that could not be read.
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
+    /// `GET /?queue=` found the queue empty (the original answers 404 there).
+    #[error("queue is empty")]
+    EmptyQueue,
+    /// No route answers this path.
+    #[error("not found")]
+    NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidQueueName(_) => StatusCode::BAD_REQUEST,
+            Error::MissingParameter(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidCallback => StatusCode::BAD_REQUEST,
+            Error::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadBody(_) => StatusCode::BAD_REQUEST,
+            Error::EmptyQueue => StatusCode::NOT_FOUND,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(StoreError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(StoreError::Corrupted(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Every error is answered as `{"error": "<message>"}` with its status.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}

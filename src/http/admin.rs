@@ -1,0 +1,54 @@
+//! Statistics: `GET /stats/` and `GET /stats/<q>`.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::answer::stats;
+use super::params::{Params, Queue};
+use crate::AppState;
+use crate::error::Error;
+use crate::store::{Policy, Status};
+
+/// `GET /stats/`: every listed queue with its length, status and policy.
+///
+/// As in the original, `status` is 1 when started and `""` otherwise, and
+/// `policy` is 1 (broadcast), 2 (roundrobin) or `""` when never set.
+pub async fn all(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let queues = state.broker.queues().await?;
+    let mut all = Map::new();
+    for (name, info) in &queues {
+        let status = match info.status {
+            Some(Status::Started) => json!(1),
+            Some(Status::Stopped) | None => json!(""),
+        };
+        let policy = info.policy.map_or(json!(""), |p: Policy| json!(p.code()));
+        all.insert(
+            name.clone(),
+            json!({ "name": name, "len": info.len, "status": status, "policy": policy }),
+        );
+    }
+    let answer = json!({
+        "queues": Value::Object(all),
+        "redis": state.broker.describe(),
+        "count": queues.len(),
+    });
+    Ok(stats(&answer, callback.as_ref()))
+}
+
+/// `GET /stats/<q>`: the queue's length (0 for an unknown queue).
+pub async fn one(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let len = state.broker.queue(&queue).await?.map_or(0, |q| q.len);
+    let answer = json!({
+        "redis": state.broker.describe(),
+        "queue": queue.as_str(),
+        "len": len,
+    });
+    Ok(stats(&answer, callback.as_ref()))
+}

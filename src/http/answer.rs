@@ -1,0 +1,95 @@
+//! The answer shapes of the legacy contract: CRLF-ended lines, and the JSONP
+//! variants each route family used in the original.
+
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::params::Callback;
+
+const TEXT: &str = "text/html; charset=UTF-8";
+const JSON: &str = "application/json";
+const JAVASCRIPT: &str = "application/javascript";
+const HTML: &str = "text/html; charset=UTF-8";
+
+fn with_type(content_type: &'static str, body: String) -> Response {
+    ([(CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    // Serializing our own answer types cannot fail: they hold only strings and numbers.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// A text answer of `/`, `/q` and `/p`: `text` + CRLF, or `cb("text");` + CRLF.
+pub fn text_line(text: &str, callback: Option<&Callback>) -> Response {
+    match callback {
+        None => with_type(TEXT, format!("{text}\r\n")),
+        Some(cb) => with_type(
+            JAVASCRIPT,
+            format!("{}({});\r\n", cb.as_str(), to_json(text)),
+        ),
+    }
+}
+
+/// A JSON answer of `/`, `/q` and `/p`: JSON + CRLF, or `cb(JSON);` + CRLF.
+pub fn json_line<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    match callback {
+        None => with_type(JSON, format!("{}\r\n", to_json(value))),
+        Some(cb) => with_type(
+            JAVASCRIPT,
+            format!("{}({});\r\n", cb.as_str(), to_json(value)),
+        ),
+    }
+}
+
+/// An answer of `/stats`: JSON, or `cb(JSON)`, neither ended by CRLF.
+pub fn stats<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    match callback {
+        None => with_type(JSON, to_json(value)),
+        Some(cb) => with_type(JAVASCRIPT, format!("{}({})", cb.as_str(), to_json(value))),
+    }
+}
+
+/// An answer of `/control`: JSON + CRLF, or `cb(JSON)` + CRLF.
+pub fn control<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    match callback {
+        None => with_type(JSON, format!("{}\r\n", to_json(value))),
+        Some(cb) => with_type(
+            JAVASCRIPT,
+            format!("{}({})\r\n", cb.as_str(), to_json(value)),
+        ),
+    }
+}
+
+/// A plain JSON answer (the JSON command protocol, JSON listings).
+pub fn json<T: Serialize + ?Sized>(value: &T) -> Response {
+    with_type(JSON, to_json(value))
+}
+
+/// An HTML page.
+pub fn html(body: String) -> Response {
+    with_type(HTML, body)
+}
+
+/// A `302 Found` to `location`, as the original redirected.
+pub fn found(location: &'static str) -> Response {
+    (StatusCode::FOUND, [(LOCATION, location)]).into_response()
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

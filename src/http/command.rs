@@ -1,0 +1,173 @@
+//! The JSON command protocol of `POST /queue`: `add`, `get` (peek), `take`, `del`.
+//!
+//! The command comes in the form field `msg` or `body` (msg wins), or as the
+//! whole body when it is sent as `application/json`. Like the original, a command
+//! that cannot be carried out answers 200 with `{"error": ...}`; only a body that
+//! is no command at all gets a 400.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::answer::{self, found};
+use super::params::Params;
+use crate::AppState;
+use crate::broker::QueueName;
+use crate::error::Error;
+use crate::store::NewMessage;
+
+type Command = Map<String, Value>;
+
+/// `GET /queue`: the original sent browsers to a help page with a form.
+pub async fn help() -> Response {
+    found("/static/help.html")
+}
+
+/// `POST /queue`: runs one JSON command.
+pub async fn run(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+    let source: &[u8] = match params.text("msg").or_else(|| params.text("body")) {
+        Some(text) => text.as_bytes(),
+        None if params.media_type.as_deref() == Some("application/json") => &params.body,
+        None => return Err(Error::MissingParameter("body")),
+    };
+    let command: Value =
+        serde_json::from_slice(source).map_err(|e| Error::MalformedJson(e.to_string()))?;
+    let Value::Object(command) = command else {
+        return Err(Error::MalformedJson(
+            "the command must be a JSON object".into(),
+        ));
+    };
+    let name = match command.get("cmd") {
+        Some(Value::String(name)) if !name.is_empty() => name.as_str(),
+        _ => {
+            return Err(Error::MalformedJson(
+                "the command needs a non-empty string \"cmd\"".into(),
+            ));
+        }
+    };
+    match name {
+        "add" => add(&state, &command).await,
+        "get" => get(&state, &command).await,
+        "take" => take(&state, &command).await,
+        "del" => del(&state, &command).await,
+        _ => Ok(soft_error("null resultset")),
+    }
+}
+
+fn soft_error(message: &str) -> Response {
+    answer::json(&serde_json::json!({ "error": message }))
+}
+
+/// A required non-empty string field, or the message of the soft error to answer.
+fn string_field<'a>(command: &'a Command, name: &str) -> Result<&'a str, String> {
+    match command.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(format!("missing field: {name}")),
+        Some(_) => Err(format!("field {name} must be a string")),
+    }
+}
+
+/// The command's `queue`: missing is a soft error, an invalid name a 400.
+fn queue_field(command: &Command) -> Result<Result<QueueName, String>, Error> {
+    match string_field(command, "queue") {
+        Ok(name) => QueueName::parse(name).map(Ok),
+        Err(soft) => Ok(Err(soft)),
+    }
+}
+
+macro_rules! field {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(soft) => return Ok(soft_error(&soft)),
+        }
+    };
+}
+
+#[derive(Serialize)]
+struct Added<'a> {
+    queue: &'a str,
+    value: &'a str,
+    key: String,
+}
+
+async fn add(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let queue = field!(queue_field(command)?);
+    let value = field!(string_field(command, "value"));
+    let ttl = match command.get("ttl") {
+        None | Some(Value::Null) => None,
+        Some(ttl) => Some(ttl.as_u64().ok_or(Error::InvalidParameter {
+            name: "ttl",
+            reason: "it must be a non-negative integer",
+        })?),
+    };
+    let message = NewMessage {
+        value: value.to_owned(),
+        ttl,
+    };
+    let id = state.broker.publish(&queue, message).await?;
+    Ok(answer::json(&Added {
+        queue: queue.as_str(),
+        value,
+        key: queue.key(id),
+    }))
+}
+
+#[derive(Serialize)]
+struct Peeked<'a> {
+    queue: &'a str,
+    value: &'a str,
+    key: String,
+    count: u64,
+}
+
+async fn get(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let queue = field!(queue_field(command)?);
+    match state.broker.peek(&queue).await? {
+        Some((message, count)) => Ok(answer::json(&Peeked {
+            queue: queue.as_str(),
+            value: &message.value,
+            key: queue.key(message.id),
+            count,
+        })),
+        None => Ok(soft_error("empty queue")),
+    }
+}
+
+#[derive(Serialize)]
+struct Taken<'a> {
+    queue: &'a str,
+    value: &'a str,
+    key: String,
+}
+
+async fn take(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let queue = field!(queue_field(command)?);
+    match state.broker.pop(&queue).await? {
+        Some(message) => Ok(answer::json(&Taken {
+            queue: queue.as_str(),
+            value: &message.value,
+            key: queue.key(message.id),
+        })),
+        None => Ok(soft_error("empty queue")),
+    }
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    queue: &'a str,
+    deleted: bool,
+    key: &'a str,
+}
+
+async fn del(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let queue = field!(queue_field(command)?);
+    let key = field!(string_field(command, "key"));
+    let deleted = state.broker.delete(&queue, key).await?;
+    Ok(answer::json(&Deleted {
+        queue: queue.as_str(),
+        deleted,
+        key,
+    }))
+}

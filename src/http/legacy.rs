@@ -1,0 +1,250 @@
+//! The original RestMQ's routes: `/`, `/q/<q>`, `/q/`, `/p/<q>`, `/control/<q>`
+//! and `/j/<q>`, with the original's parameters and answer shapes.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::answer::{self, control, json_line, text_line};
+use super::params::{Params, Queue, wants_json};
+use super::ui;
+use crate::AppState;
+use crate::broker::QueueName;
+use crate::error::Error;
+use crate::store::{Message, NewMessage, Policy, Status};
+
+/// A popped message: `{"key","value","count":0}`.
+#[derive(Serialize)]
+struct Popped<'a> {
+    key: String,
+    value: &'a str,
+    count: u64,
+}
+
+impl<'a> Popped<'a> {
+    fn new(queue: &QueueName, message: &'a Message) -> Popped<'a> {
+        Popped {
+            key: queue.key(message.id),
+            value: &message.value,
+            count: 0,
+        }
+    }
+}
+
+/// `{"queue","status"}`: the status is a number (1, 0) or null when never set.
+#[derive(Serialize)]
+struct QueueStatus<'a> {
+    queue: &'a str,
+    status: Option<u8>,
+}
+
+/// `GET /`: pops from `queue=`, answering 404 when it is empty; without `queue`,
+/// redirects to the dashboard.
+pub async fn index(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let Some(queue) = params.raw("queue") else {
+        return Ok(answer::found("/static/index.html"));
+    };
+    let queue = QueueName::parse(queue.trim())?;
+    match state.broker.pop(&queue).await? {
+        Some(message) => Ok(json_line(&Popped::new(&queue, &message), callback.as_ref())),
+        None => Err(Error::EmptyQueue),
+    }
+}
+
+/// `POST /`: publishes `msg` or `value` to `queue=`.
+pub async fn index_publish(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Response, Error> {
+    let queue = params
+        .text("queue")
+        .ok_or(Error::MissingParameter("queue"))?;
+    let queue = QueueName::parse(queue)?;
+    publish(&state, &queue, &params).await
+}
+
+/// `POST /q/<q>`: publishes `msg` or `value` (msg wins), with an optional `ttl`.
+pub async fn queue_publish(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    publish(&state, &queue, &params).await
+}
+
+async fn publish(state: &AppState, queue: &QueueName, params: &Params) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let value = params
+        .text("msg")
+        .or_else(|| params.text("value"))
+        .ok_or(Error::MissingParameter("value"))?;
+    let ttl = params.number("ttl")?;
+    let message = NewMessage {
+        value: value.to_owned(),
+        ttl,
+    };
+    let id = state.broker.publish(queue, message).await?;
+    Ok(text_line(&queue.key(id), callback.as_ref()))
+}
+
+/// `GET /q/<q>`: pops the head of the queue; 204 when it is empty.
+pub async fn queue_pop(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    match state.broker.pop(&queue).await? {
+        Some(message) => Ok(json_line(&Popped::new(&queue, &message), callback.as_ref())),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// `DELETE /q/<q>`: purges the queue; status 1 when messages were waiting.
+pub async fn queue_purge(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let purged = state.broker.purge(&queue).await?;
+    let answer = QueueStatus {
+        queue: queue.as_str(),
+        status: Some(u8::from(purged)),
+    };
+    Ok(json_line(&answer, callback.as_ref()))
+}
+
+/// `GET /q/`: the queue list, as HTML links, or JSON for `Accept: application/json`.
+pub async fn queue_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let queues = state.broker.queues().await?;
+    let names: Vec<&str> = queues.iter().map(|(name, _)| name.as_str()).collect();
+    if wants_json(&headers) {
+        let count = names.len();
+        return Ok(answer::json(
+            &serde_json::json!({ "queues": names, "count": count }),
+        ));
+    }
+    Ok(answer::html(ui::queue_list_page("q", &names)))
+}
+
+/// `GET /p/<q>`: the queue's policy name, `unknown` when never set.
+pub async fn policy_get(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let policy = state.broker.queue(&queue).await?.and_then(|q| q.policy);
+    let answer = serde_json::json!({
+        "queue": queue.as_str(),
+        "value": policy.map_or("unknown", Policy::name),
+    });
+    Ok(json_line(&answer, callback.as_ref()))
+}
+
+/// `POST /p/<q>`: sets the policy; `OK`, or `null` for an unknown policy.
+pub async fn policy_set(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let name = params
+        .text("policy")
+        .ok_or(Error::MissingParameter("policy"))?;
+    match Policy::from_name(name) {
+        Some(policy) => {
+            state.broker.set_policy(&queue, policy).await?;
+            Ok(text_line("OK", callback.as_ref()))
+        }
+        None => Ok(json_line(&serde_json::Value::Null, callback.as_ref())),
+    }
+}
+
+/// `GET /control/<q>`: the queue's status (null when never used).
+pub async fn control_get(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+) -> Result<Response, Error> {
+    let status = state.broker.queue(&queue).await?.and_then(|q| q.status);
+    let answer = serde_json::json!({
+        "redis": state.broker.describe(),
+        "queue": queue.as_str(),
+        "status": QueueStatus { queue: queue.as_str(), status: status.map(Status::code) },
+    });
+    Ok(control(&answer, None))
+}
+
+/// `GET /control/`: the status of every queue.
+pub async fn control_list(State(state): State<AppState>) -> Result<Response, Error> {
+    let queues = state.broker.queues().await?;
+    let all: BTreeMap<&str, QueueStatus> = queues
+        .iter()
+        .map(|(name, info)| {
+            let status = QueueStatus {
+                queue: name,
+                status: info.status.map(Status::code),
+            };
+            (name.as_str(), status)
+        })
+        .collect();
+    let answer = serde_json::json!({
+        "redis": state.broker.describe(),
+        "queues": all,
+        "count": all.len(),
+    });
+    Ok(control(&answer, None))
+}
+
+/// `POST /control/<q>`: `status=start` or `status=stop` streaming delivery.
+pub async fn control_set(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+    params: Params,
+) -> Result<Response, Error> {
+    let callback = params.callback()?;
+    let status = match params.text("status") {
+        Some("start") => Status::Started,
+        Some("stop") => Status::Stopped,
+        // The original printed Python's None for a missing status.
+        other => {
+            let stat = format!("invalid status: {}", other.unwrap_or("None"));
+            return Ok(control(
+                &serde_json::json!({ "stat": stat }),
+                callback.as_ref(),
+            ));
+        }
+    };
+    state.broker.set_status(&queue, status).await?;
+    let stat = QueueStatus {
+        queue: queue.as_str(),
+        status: Some(status.code()),
+    };
+    Ok(control(
+        &serde_json::json!({ "stat": stat }),
+        callback.as_ref(),
+    ))
+}
+
+/// `GET /j/<q>`: an HTML page of the queue's latest messages and counts.
+pub async fn job_view(
+    State(state): State<AppState>,
+    Queue(queue): Queue,
+) -> Result<Response, Error> {
+    let info = state.broker.queue(&queue).await?.unwrap_or_default();
+    let latest = state.broker.latest(&queue, ui::JOB_VIEW_ITEMS).await?;
+    Ok(answer::html(ui::job_page(&queue, &info, &latest)))
+}
+
+/// A route family's prefix without a queue name (`/p/`, `/j/`, `POST /control/`).
+pub async fn no_queue() -> Error {
+    Error::InvalidQueueName("it is empty")
+}

@@ -1,0 +1,52 @@
+//! The HTTP front door: the router and its handlers, by route family.
+
+mod admin;
+mod answer;
+mod command;
+mod legacy;
+pub mod params;
+mod ui;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::AppState;
+use crate::error::Error;
+
+/// Every route, with the body limit, the 404 and the 405 answers.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/", get(legacy::index).post(legacy::index_publish))
+        .route("/q/", get(legacy::queue_list).post(legacy::no_queue))
+        .route(
+            "/q/{*queue}",
+            get(legacy::queue_pop)
+                .post(legacy::queue_publish)
+                .delete(legacy::queue_purge),
+        )
+        .route("/queue", get(command::help).post(command::run))
+        .route("/p/", get(legacy::no_queue).post(legacy::no_queue))
+        .route(
+            "/p/{*queue}",
+            get(legacy::policy_get).post(legacy::policy_set),
+        )
+        .route(
+            "/control/",
+            get(legacy::control_list).post(legacy::no_queue),
+        )
+        .route(
+            "/control/{*queue}",
+            get(legacy::control_get).post(legacy::control_set),
+        )
+        .route("/stats/", get(admin::all))
+        .route("/stats/{*queue}", get(admin::one))
+        .route("/j/", get(legacy::no_queue))
+        .route("/j/{*queue}", get(legacy::job_view))
+        .route("/static/{*path}", get(ui::asset))
+        .fallback(|| async { Error::NotFound })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

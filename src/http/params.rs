@@ -1,0 +1,211 @@
+//! Request parameters as the original read them: query and form fields merged,
+//! the last occurrence winning, surrounding whitespace stripped.
+
+use std::borrow::Cow;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use percent_encoding::percent_decode;
+
+use crate::AppState;
+use crate::broker::QueueName;
+use crate::error::Error;
+
+/// The queue named by the rest of the path after the route's prefix.
+pub struct Queue(pub QueueName);
+
+impl<S: Send + Sync> FromRequestParts<S> for Queue {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Queue, Error> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => QueueName::parse(&name).map(Queue),
+            Err(_) => Err(Error::InvalidQueueName(
+                "it is not valid UTF-8 once percent-decoded",
+            )),
+        }
+    }
+}
+
+/// Query and form fields of a request, and its raw body.
+pub struct Params {
+    pairs: Vec<(String, String)>,
+    /// The request body as received.
+    pub body: Bytes,
+    /// The request's media type, lower-cased, without parameters.
+    pub media_type: Option<String>,
+}
+
+impl FromRequest<AppState> for Params {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Params, Error> {
+        let mut pairs = Vec::new();
+        if let Some(query) = req.uri().query() {
+            parse_pairs(query.as_bytes(), "query string", &mut pairs)?;
+        }
+        let media_type = media_type(req.headers());
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::BodyTooLarge {
+                    limit: state.max_body,
+                }
+            } else {
+                Error::BadBody(rejection.body_text())
+            }
+        })?;
+        let is_form = match media_type.as_deref() {
+            None => true,
+            Some(t) => t == "application/x-www-form-urlencoded",
+        };
+        if is_form {
+            parse_pairs(&body, "form body", &mut pairs)?;
+        }
+        Ok(Params {
+            pairs,
+            body,
+            media_type,
+        })
+    }
+}
+
+impl Params {
+    /// The last value of `name`, as sent.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The last value of `name` without surrounding whitespace; `None` when absent or blank.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.raw(name).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    /// A non-negative integer parameter; `None` when absent.
+    pub fn number(&self, name: &'static str) -> Result<Option<u64>, Error> {
+        let Some(raw) = self.raw(name) else {
+            return Ok(None);
+        };
+        let raw = raw.trim();
+        let invalid = Error::InvalidParameter {
+            name,
+            reason: "it must be a non-negative integer",
+        };
+        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid);
+        }
+        raw.parse().map(Some).map_err(|_| invalid)
+    }
+
+    /// The JSONP callback, checked; `None` when absent or empty.
+    pub fn callback(&self) -> Result<Option<Callback>, Error> {
+        self.text("callback").map(Callback::parse).transpose()
+    }
+}
+
+/// The request's media type, lower-cased and without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or(value).trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// Whether the client asked for JSON (`Accept: application/json`).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"))
+}
+
+/// Parses `application/x-www-form-urlencoded` pairs, refusing invalid UTF-8.
+fn parse_pairs(
+    input: &[u8],
+    what: &'static str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), Error> {
+    for part in input.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (key, value) = match part.iter().position(|&b| b == b'=') {
+            Some(at) => (&part[..at], &part[at + 1..]),
+            None => (part, &[][..]),
+        };
+        out.push((decode(key, what)?, decode(value, what)?));
+    }
+    Ok(())
+}
+
+fn decode(raw: &[u8], what: &'static str) -> Result<String, Error> {
+    let spaced: Cow<[u8]> = if raw.contains(&b'+') {
+        raw.iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        raw.into()
+    };
+    let bytes: Cow<[u8]> = percent_decode(&spaced).into();
+    String::from_utf8(bytes.into_owned()).map_err(|_| Error::InvalidParameter {
+        name: what,
+        reason: "it is not valid UTF-8 once percent-decoded",
+    })
+}
+
+/// A JSONP callback name: a JavaScript identifier path such as `cb` or `app.on_msg`.
+/// Anything else is refused, since a reflected callback is a script-injection hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback(String);
+
+impl Callback {
+    /// Checks a callback name.
+    pub fn parse(name: &str) -> Result<Callback, Error> {
+        let identifier = |part: &str| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        };
+        if name.len() <= 256 && name.split('.').all(identifier) {
+            Ok(Callback(name.to_owned()))
+        } else {
+            Err(Error::InvalidCallback)
+        }
+    }
+
+    /// The callback's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_must_be_identifier_paths() {
+        for ok in ["cb", "$", "_x1", "app.cb", "a.$b.c_9"] {
+            assert!(Callback::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1cb", "a..b", "a.", ".a", "alert(1)", "a-b", "a b", "é"] {
+            assert!(Callback::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn form_pairs_decode_strictly() {
+        let mut out = Vec::new();
+        parse_pairs(b"a=1+2&b=%C3%A9&c&&d=%zz", "form body", &mut out).unwrap();
+        let want = [("a", "1 2"), ("b", "é"), ("c", ""), ("d", "%zz")];
+        let got: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+        assert!(parse_pairs(b"a=%FF", "form body", &mut out).is_err());
+    }
+}

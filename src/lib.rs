@@ -1,0 +1,74 @@
+//! restmq: a message queue whose transport is plain HTTP.
+//!
+//! It keeps the HTTP contract of the original RestMQ (Python, Redis): queues are
+//! created by the first POST, drained by GET, and stored durably in an embedded
+//! store. `main` and the tests start the server the same way: [`open`] then
+//! [`serve`].
+
+pub mod bench;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::error::Error;
+use crate::store::{EmbeddedOptions, EmbeddedStore};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The queues.
+    pub broker: Broker,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+}
+
+/// Opens the store described by `config` and builds the server's state.
+pub async fn open(config: &Config) -> Result<AppState, Error> {
+    let dir = config.data_dir.clone();
+    let options = EmbeddedOptions {
+        fsync: config.fsync,
+    };
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options))
+        .await
+        .map_err(|e| {
+            Error::Store(store::StoreError::Unavailable(format!(
+                "opening the store failed: {e}"
+            )))
+        })??;
+    Ok(AppState {
+        broker: Broker::new(Arc::new(store)),
+        max_body: config.max_body,
+    })
+}
+
+/// The HTTP application: every route over `state`.
+pub fn app(state: AppState) -> Router {
+    http::router(state)
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets requests in progress
+/// finish and closes the store, so that everything acknowledged is on disk.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let broker = state.broker.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(e) = broker.close().await {
+        tracing::error!(error = %e, "closing the store failed");
+    }
+    served
+}

@@ -1,0 +1,189 @@
+//! Storage under the broker.
+//!
+//! A [`Store`] keeps queues of opaque string messages, each message numbered from
+//! 1 per queue (the number is never reused), plus each queue's policy and status.
+//! It knows nothing of consumers, HTTP or policies' meaning: the broker gives
+//! those their semantics. Every store answers the same conformance tests.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// What a store operation returns; boxed so that `Arc<dyn Store>` works.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A message to append to a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The message body, stored and returned as is.
+    pub value: String,
+    /// Seconds after which the message is dropped undelivered; `None` keeps it.
+    pub ttl: Option<u64>,
+}
+
+/// A message read from a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The message's number in its queue: its key is `<queue>:<id>`.
+    pub id: u64,
+    /// The message body as published.
+    pub value: String,
+}
+
+/// How streamed messages are spread over a queue's consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Every consumer receives every message.
+    Broadcast,
+    /// Each message goes to one consumer, in turn.
+    RoundRobin,
+}
+
+impl Policy {
+    /// The number the original RestMQ stores for this policy (1 or 2).
+    pub fn code(self) -> u8 {
+        match self {
+            Policy::Broadcast => 1,
+            Policy::RoundRobin => 2,
+        }
+    }
+
+    /// The policy's name in the HTTP contract.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Broadcast => "broadcast",
+            Policy::RoundRobin => "roundrobin",
+        }
+    }
+
+    /// Parses a policy name as given to `POST /p/<q>`.
+    pub fn from_name(name: &str) -> Option<Policy> {
+        match name {
+            "broadcast" => Some(Policy::Broadcast),
+            "roundrobin" => Some(Policy::RoundRobin),
+            _ => None,
+        }
+    }
+
+    /// Parses the stored number of a policy.
+    pub fn from_code(code: u8) -> Option<Policy> {
+        match code {
+            1 => Some(Policy::Broadcast),
+            2 => Some(Policy::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+/// Whether streaming delivery of a queue runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Streaming consumers receive messages (status 1).
+    Started,
+    /// Streaming delivery is paused; messages accumulate (status 0).
+    Stopped,
+}
+
+impl Status {
+    /// The number the original RestMQ stores for this status (1 or 0).
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Started => 1,
+            Status::Stopped => 0,
+        }
+    }
+}
+
+/// What a store knows of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueInfo {
+    /// Messages waiting (messages whose TTL ran out count until they are reached).
+    pub len: u64,
+    /// The number of the last message published: 0 when none ever was.
+    pub last_id: u64,
+    /// The status, `None` when never set.
+    pub status: Option<Status>,
+    /// The policy, `None` when never set.
+    pub policy: Option<Policy>,
+}
+
+impl QueueInfo {
+    /// Whether the queue appears in queue lists: it does from its first message on,
+    /// and stays listed after a purge.
+    pub fn listed(&self) -> bool {
+        self.last_id > 0
+    }
+}
+
+/// A store failure. Logical outcomes (an empty queue, an unknown key) are not errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The storage cannot be reached or written now; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store is closing or closed.
+    #[error("storage is shutting down")]
+    Closed,
+    /// The stored data could not be read back.
+    #[error("storage corrupted: {0}")]
+    Corrupted(String),
+}
+
+/// The storage contract every store fulfils; every operation is atomic.
+pub trait Store: Send + Sync + 'static {
+    /// A short description of the store, shown in the `redis` fields of the legacy API.
+    fn describe(&self) -> String;
+
+    /// Appends messages to the tail of a queue, all or none, creating the queue on
+    /// its first message. Returns their numbers in order. Once this resolves, the
+    /// messages are durable as configured.
+    fn publish<'a>(
+        &'a self,
+        queue: &'a str,
+        messages: Vec<NewMessage>,
+    ) -> StoreFuture<'a, Vec<u64>>;
+
+    /// Removes and returns the head of a queue, skipping (and dropping) expired messages.
+    fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>>;
+
+    /// Returns the head of a queue without removing it, counting this read: the
+    /// second value is the number of peeks of that message so far, from 1.
+    fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>>;
+
+    /// Deletes one message by number; true when it was waiting in the queue.
+    fn delete<'a>(&'a self, queue: &'a str, id: u64) -> StoreFuture<'a, bool>;
+
+    /// Deletes every waiting message of a queue; true when there were any. The queue
+    /// stays listed and its numbering continues.
+    fn purge<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Sets a queue's policy.
+    fn set_policy<'a>(&'a self, queue: &'a str, policy: Policy) -> StoreFuture<'a, ()>;
+
+    /// Sets a queue's status.
+    fn set_status<'a>(&'a self, queue: &'a str, status: Status) -> StoreFuture<'a, ()>;
+
+    /// What is known of a queue; `None` when it was never published to nor configured.
+    fn queue<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<QueueInfo>>;
+
+    /// Every listed queue, sorted by name.
+    fn queues(&self) -> StoreFuture<'_, Vec<(String, QueueInfo)>>;
+
+    /// Up to `count` of the most recently published waiting messages, newest first.
+    fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>>;
+
+    /// Flushes and releases the storage; later operations fail with [`StoreError::Closed`].
+    fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Milliseconds since the Unix epoch, the clock of message expiry.
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
