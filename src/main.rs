@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Bench(args)) => bench::run(&args).await.map_err(anyhow::Error::msg),
+        Some(Command::Bench(args)) => Ok(bench::run(&args).await?),
     }
 }
 

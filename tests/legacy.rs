@@ -385,7 +385,8 @@ async fn ttl_expired_messages_are_never_delivered() {
 async fn bad_publishes_get_400_and_change_nothing() {
     let server = TestServer::start().await;
     server.publish("bad", "first").await;
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("/q/bad", &[], "missing parameter: value"),
         ("/q/bad", &[("value", "")], "missing parameter: value"),
         ("/q/bad", &[("value", "   ")], "missing parameter: value"),
