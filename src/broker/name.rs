@@ -40,7 +40,8 @@ impl QueueName {
     /// The message number in `key` when the key belongs to this queue.
     pub fn parse_key(&self, key: &str) -> Option<u64> {
         let id = key.strip_prefix(self.0.as_str())?.strip_prefix(':')?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        // Only the canonical spelling names a message: no sign, no leading zero.
+        if id.starts_with('0') || !id.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         id.parse().ok().filter(|&id| id > 0)
@@ -77,6 +78,7 @@ mod tests {
         assert_eq!(q.parse_key("a:b:"), None);
         assert_eq!(q.parse_key("a:b:0"), None);
         assert_eq!(q.parse_key("a:b:+3"), None);
+        assert_eq!(q.parse_key("a:b:012"), None);
         assert_eq!(q.parse_key("a:b:99999999999999999999999"), None);
     }
 }
