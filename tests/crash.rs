@@ -1,0 +1,505 @@
+//! Durability under SIGKILL: the real `restmq` binary is killed in the middle of a
+//! publishing load, restarted on the same data directory, and drained. Every
+//! acknowledged message must come back exactly once, under the key it was
+//! acknowledged with, in the order each client sent it.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Concurrent publishing clients.
+const CLIENTS: usize = 32;
+/// Queues the clients publish to: client `c` publishes to `crash{c % QUEUES}`.
+const QUEUES: usize = 4;
+/// Acknowledged publishes to wait for before the kill.
+const TARGET_ACKS: usize = 2000;
+/// How long the load may take to reach [`TARGET_ACKS`] (debug builds, slow disks).
+const LOAD_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a single request may take before the client gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// What the server logs once it serves.
+const LISTENING: &str = "restmq listening on http://";
+
+fn queue_of(client: usize) -> String {
+    format!("crash{}", client % QUEUES)
+}
+
+/// A `restmq` process; killed (SIGKILL) and reaped when dropped, even on a panic.
+struct Server {
+    child: Child,
+    /// `host:port` it listens on.
+    addr: String,
+    /// Every line it logged so far, for failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the binary on `data_dir` and a free port; returns once it listens.
+    async fn start(data_dir: &Path) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_restmq"));
+        command
+            .arg("--port")
+            .arg("0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // The test's settings only: none of the environment's RESTMQ_* (such as
+        // RESTMQ_NO_FSYNC, which would make the test meaningless).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RESTMQ_") {
+                command.env_remove(name);
+            }
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // The guard exists before anything can fail, so the child is always killed.
+        let mut server = Server {
+            child: command.spawn().expect("start the restmq binary"),
+            addr: String::new(),
+            log: log.clone(),
+        };
+        let stderr = server.child.stderr.take().expect("stderr is piped");
+
+        // Told the address by the log reader; dropped (so the wait ends) when the
+        // log closes without it.
+        let (tx, rx) = oneshot::channel::<String>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        drain_lines(stderr, "stderr", log, tx);
+
+        match tokio::time::timeout(common::DEADLINE, rx).await {
+            Ok(Ok(addr)) => {
+                assert!(
+                    addr.starts_with("127.0.0.1:") && addr.len() > "127.0.0.1:".len(),
+                    "unexpected listening address {addr:?}\n{}",
+                    server.log_text()
+                );
+                server.addr = addr;
+                server
+            }
+            Ok(Err(_)) => {
+                let status = server.child.wait().expect("wait for the server");
+                panic!(
+                    "restmq exited ({status}) before listening:\n{}",
+                    server.log_text()
+                );
+            }
+            Err(_) => panic!(
+                "restmq did not log {LISTENING:?} within {:?}:\n{}",
+                common::DEADLINE,
+                server.log_text()
+            ),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// SIGKILL, then waits until the process is gone (so its file lock is released).
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        let status = self.child.wait().expect("reap the server");
+        assert!(
+            !status.success(),
+            "the server exited on its own ({status}) instead of being killed:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `stream` to its end in a thread (so the pipe never fills and blocks the
+/// server), keeping its lines in `log` and sending the listening address to `tx`.
+fn drain_lines(
+    stream: impl std::io::Read + Send + 'static,
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+    tx: Arc<Mutex<Option<oneshot::Sender<String>>>>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+            if let Some(at) = line.find(LISTENING) {
+                let rest = &line[at + LISTENING.len()..];
+                let addr = rest.split('/').next().unwrap_or("").to_owned();
+                let sender = tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(sender) = sender {
+                    let _ = sender.send(addr);
+                }
+            }
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("[{name}] {line}"));
+        }
+    });
+}
+
+/// What happened to one publish.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// 200 with this key: the message is durable.
+    Acked(String),
+    /// The server answered with another status: it refused the message.
+    Refused(u16, String),
+    /// No complete answer (the server died with the request in flight).
+    Lost(String),
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    seq: u64,
+    value: String,
+    outcome: Outcome,
+}
+
+/// Publishes `c{client}-{seq}` for seq = 0, 1, ... one at a time until `stop`
+/// is set or a publish is not acknowledged.
+async fn publish_load(
+    base: String,
+    client: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> (usize, Vec<Attempt>) {
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client");
+    let url = format!("{base}/q/{}", queue_of(client));
+    let mut attempts = Vec::new();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let value = format!("c{client}-{seq}");
+        let outcome = match http.post(&url).form(&[("value", &value)]).send().await {
+            Err(e) => Outcome::Lost(e.to_string()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.text().await {
+                    Err(e) => Outcome::Lost(format!("status {status}, body unreadable: {e}")),
+                    Ok(body) if status == 200 => match body.strip_suffix("\r\n") {
+                        Some(key) => Outcome::Acked(key.to_owned()),
+                        None => Outcome::Refused(status, body),
+                    },
+                    Ok(body) => Outcome::Refused(status, body),
+                }
+            }
+        };
+        let go_on = matches!(outcome, Outcome::Acked(_));
+        if go_on {
+            acked.fetch_add(1, Ordering::SeqCst);
+        }
+        attempts.push(Attempt {
+            seq,
+            value,
+            outcome,
+        });
+        if !go_on {
+            break;
+        }
+        seq += 1;
+    }
+    (client, attempts)
+}
+
+/// Pops `queue` until 204: the (key, value) pairs in the order they came.
+async fn drain(http: reqwest::Client, base: String, queue: String) -> (String, Vec<(u64, String)>) {
+    let url = format!("{base}/q/{queue}");
+    let mut out = Vec::new();
+    loop {
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .expect("the restarted server answers a pop");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("a readable pop answer");
+        match status {
+            204 => break,
+            200 => {
+                let json: serde_json::Value = serde_json::from_str(body.trim_end())
+                    .unwrap_or_else(|e| panic!("pop {queue}: not JSON ({e}): {body:?}"));
+                let key = json["key"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("pop {queue}: no key in {body:?}"));
+                let value = json["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("pop {queue}: no value in {body:?}"));
+                assert_eq!(json["count"], 0, "pop {queue}: {body:?}");
+                let n = key_number(&queue, key)
+                    .unwrap_or_else(|| panic!("pop {queue}: key {key:?} is not {queue}:<n>"));
+                out.push((n, value.to_owned()));
+            }
+            other => panic!("pop {queue}: unexpected status {other}: {body:?}"),
+        }
+    }
+    (queue, out)
+}
+
+/// `n` in `<queue>:<n>`.
+fn key_number(queue: &str, key: &str) -> Option<u64> {
+    let n = key.strip_prefix(queue)?.strip_prefix(':')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// `(client, seq)` of a value `c{client}-{seq}`.
+fn parse_value(value: &str) -> Option<(usize, u64)> {
+    let (client, seq) = value.strip_prefix('c')?.split_once('-')?;
+    Some((client.parse().ok()?, seq.parse().ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_publishes_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    let mut server = Server::start(dir.path()).await;
+    let base = server.url("");
+
+    // The load: CLIENTS clients publishing one message at a time, until killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut load = JoinSet::new();
+    for client in 0..CLIENTS {
+        load.spawn(publish_load(
+            base.clone(),
+            client,
+            stop.clone(),
+            acked.clone(),
+        ));
+    }
+
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    loop {
+        let done = acked.load(Ordering::SeqCst);
+        if done >= TARGET_ACKS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {TARGET_ACKS} publishes acknowledged within {LOAD_DEADLINE:?}"
+        );
+        // Polls again in a few milliseconds, unless a client stops (which it must not).
+        if let Ok(Some(joined)) =
+            tokio::time::timeout(Duration::from_millis(5), load.join_next()).await
+        {
+            let (client, attempts) = joined.expect("a client task");
+            panic!(
+                "client {client} stopped before the kill: {:?}\n{}",
+                attempts.last(),
+                server.log_text()
+            );
+        }
+    }
+    let clients_running = load.len();
+    server.kill();
+    let acked_at_kill = acked.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        clients_running, CLIENTS,
+        "every client was running at the kill"
+    );
+
+    let mut attempts_of: BTreeMap<usize, Vec<Attempt>> = BTreeMap::new();
+    while let Some(joined) = load.join_next().await {
+        let (client, attempts) = joined.expect("a client task");
+        attempts_of.insert(client, attempts);
+    }
+    assert_eq!(attempts_of.len(), CLIENTS);
+
+    // What the clients know: acknowledged values (with their keys) and lost ones.
+    // value -> (queue, n)
+    let mut acknowledged: HashMap<String, (String, u64)> = HashMap::new();
+    // value -> queue
+    let mut lost: HashMap<String, String> = HashMap::new();
+    let mut lost_example = None;
+    for (&client, attempts) in &attempts_of {
+        let queue = queue_of(client);
+        for (i, attempt) in attempts.iter().enumerate() {
+            assert_eq!(attempt.seq, i as u64, "client {client} numbers its values");
+            match &attempt.outcome {
+                Outcome::Acked(key) => {
+                    let n = key_number(&queue, key).unwrap_or_else(|| {
+                        panic!(
+                            "client {client}: {} acknowledged with key {key:?}, not {queue}:<n>",
+                            attempt.value
+                        )
+                    });
+                    acknowledged.insert(attempt.value.clone(), (queue.clone(), n));
+                }
+                Outcome::Refused(status, body) => panic!(
+                    "client {client}: publish of {} refused with {status}: {body:?}",
+                    attempt.value
+                ),
+                Outcome::Lost(why) => {
+                    lost_example.get_or_insert_with(|| why.clone());
+                    assert_eq!(
+                        i + 1,
+                        attempts.len(),
+                        "client {client} stops at its first unacknowledged publish"
+                    );
+                    lost.insert(attempt.value.clone(), queue.clone());
+                }
+            }
+        }
+    }
+    assert_eq!(acknowledged.len(), acked.load(Ordering::SeqCst));
+    assert!(
+        acknowledged.len() >= TARGET_ACKS,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    // Keys handed out before the kill are unique per queue.
+    let mut acked_keys = HashSet::new();
+    for (value, (queue, n)) in &acknowledged {
+        assert!(
+            acked_keys.insert((queue.clone(), *n)),
+            "key {queue}:{n} acknowledged twice (again for {value})"
+        );
+    }
+
+    // Restart on the same data directory and drain every queue.
+    let server = Server::start(dir.path()).await;
+    let base = server.url("");
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client");
+    let mut drains = JoinSet::new();
+    for q in 0..QUEUES {
+        drains.spawn(drain(http.clone(), base.clone(), queue_of(q)));
+    }
+    let mut recovered: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    while let Some(joined) = drains.join_next().await {
+        let (queue, messages) = joined.expect("a drain task");
+        recovered.insert(queue, messages);
+    }
+
+    let mut seen: HashMap<String, (String, u64)> = HashMap::new();
+    let mut lost_recovered = 0usize;
+    for (queue, messages) in &recovered {
+        let mut last_n = 0u64;
+        let mut last_seq: HashMap<usize, u64> = HashMap::new();
+        for (n, value) in messages {
+            assert!(
+                *n > last_n,
+                "{queue}: key {queue}:{n} came after {queue}:{last_n}"
+            );
+            last_n = *n;
+            if let Some((first_queue, first_n)) = seen.insert(value.clone(), (queue.clone(), *n)) {
+                panic!("{value} recovered twice: as {first_queue}:{first_n} and as {queue}:{n}");
+            }
+            let (client, seq) = parse_value(value)
+                .unwrap_or_else(|| panic!("{queue}:{n} holds {value:?}, which nobody sent"));
+            assert_eq!(
+                queue_of(client),
+                *queue,
+                "{value} recovered from the wrong queue"
+            );
+            if let Some(previous) = last_seq.insert(client, seq) {
+                assert!(
+                    seq > previous,
+                    "{queue}: client {client}'s c{client}-{seq} came after c{client}-{previous}"
+                );
+            }
+            match (acknowledged.get(value), lost.get(value)) {
+                (Some((_, acked_n)), _) => assert_eq!(
+                    acked_n, n,
+                    "{value} was acknowledged as {queue}:{acked_n} but recovered as {queue}:{n}"
+                ),
+                (None, Some(_)) => lost_recovered += 1,
+                (None, None) => panic!("{queue}:{n} holds {value:?}, which nobody sent"),
+            }
+        }
+    }
+    let mut missing: Vec<(&String, &(String, u64))> = acknowledged
+        .iter()
+        .filter(|(value, _)| !seen.contains_key(*value))
+        .collect();
+    missing.sort_by_key(|(_, (queue, n))| (queue.clone(), *n));
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost after SIGKILL, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+
+    // The restarted server goes on publishing, after the highest number it kept.
+    for (queue, messages) in &recovered {
+        let highest = messages.last().map_or(0, |(n, _)| *n);
+        let response = http
+            .post(server.url(&format!("/q/{queue}")))
+            .form(&[("value", "after the crash")])
+            .send()
+            .await
+            .expect("the restarted server answers a publish");
+        assert_eq!(response.status().as_u16(), 200, "publish to {queue}");
+        let body = response.text().await.expect("a readable publish answer");
+        let key = body
+            .strip_suffix("\r\n")
+            .unwrap_or_else(|| panic!("a key ends with CRLF: {body:?}"));
+        let n = key_number(queue, key)
+            .unwrap_or_else(|| panic!("publish to {queue}: key {key:?} is not {queue}:<n>"));
+        assert!(
+            n > highest,
+            "{queue}: new key {key} reuses a number (highest recovered: {highest})"
+        );
+        let (popped_queue, popped) = drain(http.clone(), base.clone(), queue.clone()).await;
+        assert_eq!(
+            popped,
+            vec![(n, "after the crash".to_owned())],
+            "{popped_queue} after the restart"
+        );
+    }
+
+    let recovered_total: usize = recovered.values().map(Vec::len).sum();
+    eprintln!(
+        "crash test: {} publishes acknowledged ({} counted when the kill returned), {} not \
+         acknowledged (in flight at the kill, or refused connections just after it), {} \
+         messages recovered ({} acknowledged + {} unacknowledged); per queue: {:?}; an \
+         unacknowledged publish failed with: {:?}",
+        acknowledged.len(),
+        acked_at_kill,
+        lost.len(),
+        recovered_total,
+        recovered_total - lost_recovered,
+        lost_recovered,
+        recovered
+            .iter()
+            .map(|(q, m)| (q.as_str(), m.len()))
+            .collect::<Vec<_>>(),
+        lost_example
+    );
+    drop(server);
+}
