@@ -1,51 +1,77 @@
-//! The embedded store: queues in a redb file, written by one thread with group commit.
+//! The embedded store: queues in a redb file, written by one thread, made durable
+//! by a write-ahead log with group commit.
 //!
 //! Every change goes to a single writer thread as a job. The writer takes every job
-//! waiting, applies them in order in one write transaction and commits once, so
-//! concurrent publishes share one fsync instead of paying one each. A job's caller
-//! hears back only after that commit, so a resolved publish is on disk.
+//! waiting, applies them in one redb transaction committed without fsync, appends
+//! the batch's changes to the write-ahead log as one frame, and hands the jobs to
+//! a syncer thread. The syncer fdatasyncs the log once for every batch handed to
+//! it meanwhile, then answers their jobs. So concurrent publishes share one
+//! sequential fsync, the writer applies the next batch while the previous one is
+//! being synced, and an answered publish is on disk.
+//!
+//! Jobs are answered in the order they were applied, each only after every earlier
+//! batch is synced, so nothing can be delivered before it is durable. Changes that
+//! need no durability of their own (a pop, a peek) are logged too but do not wait
+//! for a sync of their own: a crash can bring back a message popped in the last
+//! moments, never lose a published one.
+//!
+//! Since the log makes batches durable, redb's own commits need not follow them:
+//! one redb transaction stays open across many batches and is committed (without
+//! fsync) every [`BATCHES_PER_COMMIT`] batches, and durably only at checkpoints:
+//! when the log fills up, at start (after replaying the log) and at close. Reads
+//! that need the messages themselves run as writer jobs, on the open transaction.
 //!
 //! Queue metadata (id, counter, length, status, policy) lives in memory, owned by
-//! the writer; readers see a snapshot the writer refreshes after each commit.
-//!
-//! Tables:
-//! - `queues`: name -> metadata record (see [`QueueMeta::encode`]);
-//! - `messages`: (queue id, message number) -> expiry (8 bytes, ms, 0 = none) + value;
-//!   the key order is the FIFO order of each queue;
-//! - `peeks`: (queue id, message number) -> times the message was peeked.
+//! the writer; readers see a snapshot the writer refreshes after each batch.
+
+mod batch;
+mod records;
+mod wal;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
+use self::batch::{Batch, MESSAGES, Meta, PEEKS, QUEUES};
+use self::records::QueueMeta;
+use self::wal::{Op, Wal};
 use super::{
     Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError, StoreFuture, now_millis,
 };
 
-const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
-const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
-const PEEKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("peeks");
+/// Where the log's position at the last checkpoint is kept.
+const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
+const WAL_GENERATION: &str = "wal_generation";
+const WAL_LSN: &str = "wal_lsn";
 
-/// The file inside the data directory.
-const FILE_NAME: &str = "restmq.redb";
+/// The files inside the data directory.
+const DB_FILE: &str = "restmq.redb";
+const WAL_FILE: &str = "restmq.wal";
 /// Jobs applied in one transaction at most; bounds a commit's size and latency.
 const MAX_BATCH: usize = 4096;
+/// Message bytes applied in one transaction at most, for the same reason.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Jobs waiting for the writer at most; publishers wait beyond that.
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// Non-durable commits allowed in a row: redb keeps memory for each until a
-/// durable commit, so a long run of pops is made durable now and then.
-const MAX_NON_DURABLE: u32 = 1000;
+/// Batches applied in one redb transaction before it is committed.
+const BATCHES_PER_COMMIT: u32 = 128;
+/// Log bytes written in one redb transaction before it is committed: bounds the
+/// memory an open transaction holds.
+const BYTES_PER_COMMIT: usize = 8 << 20;
 
 /// How the embedded store writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddedOptions {
-    /// Commit publishes and other changes with fsync before acknowledging them.
-    /// When false, a crash (of restmq or of the machine) loses the changes made since
-    /// the last durable commit; one commit in [`MAX_NON_DURABLE`] is durable anyway.
+    /// Sync the log before acknowledging publishes and other changes. When false,
+    /// changes are acknowledged once written to the operating system: a crash of
+    /// restmq loses nothing, a crash of the machine can lose the latest changes.
     pub fsync: bool,
 }
 
@@ -55,104 +81,40 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// Queue storage in a redb file inside a data directory.
+/// Queue storage in a redb file and a write-ahead log inside a data directory.
 pub struct EmbeddedStore {
     jobs: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
-    path: PathBuf,
+    dir: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What readers share with the writer.
 struct Shared {
-    /// Metadata of every known queue, as of the last commit.
+    /// Metadata of every known queue, as of the last batch applied.
     meta: RwLock<HashMap<String, QueueMeta>>,
-    /// The database for read transactions; `None` once closed.
-    db: RwLock<Option<Arc<Database>>>,
+    /// Set when the log could not be written or synced: from then on every change
+    /// is refused, since whether earlier ones reached the disk is unknown.
+    failed: OnceLock<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct QueueMeta {
-    /// Internal number of the queue, the first half of its messages' keys.
-    id: u64,
-    info: QueueInfo,
-}
-
-const META_VERSION: u8 = 1;
-const META_LEN: usize = 27;
-
-impl QueueMeta {
-    /// version (1) | id (8) | last id (8) | len (8) | status (1) | policy (1), big-endian.
-    fn encode(&self) -> [u8; META_LEN] {
-        let mut out = [0u8; META_LEN];
-        out[0] = META_VERSION;
-        out[1..9].copy_from_slice(&self.id.to_be_bytes());
-        out[9..17].copy_from_slice(&self.info.last_id.to_be_bytes());
-        out[17..25].copy_from_slice(&self.info.len.to_be_bytes());
-        out[25] = match self.info.status {
-            None => 0,
-            Some(Status::Started) => 1,
-            Some(Status::Stopped) => 2,
-        };
-        out[26] = self.info.policy.map_or(0, Policy::code);
-        out
+impl Shared {
+    fn fail(&self, error: &StoreError) {
+        if self.failed.set(error.to_string()).is_ok() {
+            tracing::error!(error = %error, "the store stopped accepting changes; restart restmq");
+        }
     }
 
-    fn decode(bytes: &[u8]) -> Result<QueueMeta, StoreError> {
-        let bad = || StoreError::Corrupted("unreadable queue record".into());
-        if bytes.len() != META_LEN || bytes[0] != META_VERSION {
-            return Err(bad());
-        }
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_be_bytes(b)
-        };
-        let status = match bytes[25] {
-            0 => None,
-            1 => Some(Status::Started),
-            2 => Some(Status::Stopped),
-            _ => return Err(bad()),
-        };
-        let policy = match bytes[26] {
-            0 => None,
-            code => Some(Policy::from_code(code).ok_or_else(bad)?),
-        };
-        Ok(QueueMeta {
-            id: u64_at(1),
-            info: QueueInfo {
-                last_id: u64_at(9),
-                len: u64_at(17),
-                status,
-                policy,
-            },
+    fn failure(&self) -> Option<StoreError> {
+        self.failed.get().map(|why| {
+            StoreError::Unavailable(format!(
+                "the store stopped after an I/O error ({why}); restart restmq"
+            ))
         })
     }
 }
 
-fn encode_message(out: &mut Vec<u8>, expires_at: u64, value: &str) {
-    out.clear();
-    out.extend_from_slice(&expires_at.to_be_bytes());
-    out.extend_from_slice(value.as_bytes());
-}
-
-/// Splits a stored message into its expiry (ms since the epoch, 0 = none) and value.
-fn decode_message(raw: &[u8]) -> Result<(u64, String), StoreError> {
-    let bad = || StoreError::Corrupted("unreadable message record".into());
-    if raw.len() < 8 {
-        return Err(bad());
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&raw[..8]);
-    let value = String::from_utf8(raw[8..].to_vec()).map_err(|_| bad())?;
-    Ok((u64::from_be_bytes(b), value))
-}
-
-fn expired(expires_at: u64, now: u64) -> bool {
-    expires_at != 0 && expires_at <= now
-}
-
-fn db_error(e: impl Into<redb::Error>) -> StoreError {
+pub(super) fn db_error(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::Corrupted(why) => StoreError::Corrupted(why),
         redb::Error::DatabaseAlreadyOpen => {
@@ -160,6 +122,10 @@ fn db_error(e: impl Into<redb::Error>) -> StoreError {
         }
         other => StoreError::Unavailable(other.to_string()),
     }
+}
+
+fn io_error(what: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("{what}: {e}"))
 }
 
 /// Reads through a lock even if a thread panicked while holding it: the data
@@ -173,62 +139,90 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `dir`. Blocking: call it before
-    /// serving or from a blocking task.
+    /// Opens (creating if needed) the store in `dir`, replaying its log. Blocking:
+    /// call it before serving or from a blocking task.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::builder().create(&path).map_err(db_error)?;
+        let db = Database::builder()
+            .create(dir.join(DB_FILE))
+            .map_err(db_error)?;
 
-        let txn = db.begin_write().map_err(db_error)?;
+        let mut txn = db.begin_write().map_err(db_error)?;
+        txn.set_durability(Durability::None).map_err(db_error)?;
         txn.open_table(QUEUES).map_err(db_error)?;
         txn.open_table(MESSAGES).map_err(db_error)?;
         txn.open_table(PEEKS).map_err(db_error)?;
+        txn.open_table(STATE).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
 
-        let mut meta = HashMap::new();
-        let mut next_id = 1;
-        {
+        let mut meta = Meta {
+            queues: HashMap::new(),
+            next_id: 1,
+        };
+        let (generation, lsn) = {
             let txn = db.begin_read().map_err(db_error)?;
             let table = txn.open_table(QUEUES).map_err(db_error)?;
             for entry in table.iter().map_err(db_error)? {
                 let (name, record) = entry.map_err(db_error)?;
                 let record = QueueMeta::decode(record.value())?;
-                next_id = next_id.max(record.id + 1);
-                meta.insert(name.value().to_owned(), record);
+                meta.next_id = meta.next_id.max(record.id + 1);
+                meta.queues.insert(name.value().to_owned(), record);
             }
-        }
+            let state = txn.open_table(STATE).map_err(db_error)?;
+            let get = |key| -> Result<Option<u64>, StoreError> {
+                Ok(state.get(key).map_err(db_error)?.map(|v| v.value()))
+            };
+            (
+                get(WAL_GENERATION)?.unwrap_or(1),
+                get(WAL_LSN)?.unwrap_or(0),
+            )
+        };
 
-        let db = Arc::new(db);
+        let (wal, replay) = Wal::open(&dir.join(WAL_FILE), generation, lsn)?;
         let shared = Arc::new(Shared {
-            meta: RwLock::new(meta.clone()),
-            db: RwLock::new(Some(db.clone())),
+            meta: RwLock::new(HashMap::new()),
+            failed: OnceLock::new(),
         });
-        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer {
+        let (handoffs, handoff_rx) = std_mpsc::channel();
+        let file = wal.file();
+        let syncer_shared = shared.clone();
+        let syncer = std::thread::Builder::new()
+            .name("restmq-syncer".into())
+            .spawn(move || sync_loop(&file, &handoff_rx, &syncer_shared))
+            .map_err(io_error("cannot start the syncer"))?;
+        let mut writer = Writer {
             db,
             meta,
-            next_id,
+            wal,
             fsync: options.fsync,
-            non_durable: 0,
             shared: shared.clone(),
+            handoffs: Some(handoffs),
+            syncer: Some(syncer),
         };
+        writer.recover(&replay)?;
+        if !replay.is_empty() {
+            tracing::info!(frames = replay.len(), "replayed the write-ahead log");
+        }
+        *write(&shared.meta) = writer.meta.queues.clone();
+
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let handle = std::thread::Builder::new()
             .name("restmq-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+            .map_err(io_error("cannot start the writer"))?;
         Ok(EmbeddedStore {
             jobs,
             shared,
-            path,
+            dir: dir.to_owned(),
             writer: Mutex::new(Some(handle)),
         })
     }
 
-    /// Runs `f` in the writer's next transaction and resolves after its commit.
-    fn submit<'a, T, F>(&'a self, durable: bool, f: F) -> StoreFuture<'a, T>
+    /// Runs `f` in the writer's next transaction and resolves once it is durable
+    /// (or, for a job that is not `durable`, once every earlier change is).
+    fn submit<'a, T, F>(&'a self, durable: bool, weight: usize, f: F) -> StoreFuture<'a, T>
     where
         T: Send + 'static,
         F: for<'b, 't> FnOnce(&'b mut Batch<'t>) -> Result<T, StoreError> + Send + 'static,
@@ -237,6 +231,7 @@ impl EmbeddedStore {
             let (tx, rx) = oneshot::channel();
             let task = Task {
                 durable,
+                weight,
                 f: Some(f),
                 out: None,
                 tx,
@@ -249,14 +244,17 @@ impl EmbeddedStore {
         })
     }
 
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
-        read(&self.shared.db).clone().ok_or(StoreError::Closed)
+    /// Whether the queue may have messages; lets empty pops skip the writer.
+    fn has_waiting(&self, queue: &str) -> bool {
+        read(&self.shared.meta)
+            .get(queue)
+            .is_some_and(|m| m.info.len > 0)
     }
 }
 
 impl Store for EmbeddedStore {
     fn describe(&self) -> String {
-        format!("embedded redb {}", self.path.display())
+        format!("embedded redb {}", self.dir.display())
     }
 
     fn publish<'a>(
@@ -265,7 +263,8 @@ impl Store for EmbeddedStore {
         messages: Vec<NewMessage>,
     ) -> StoreFuture<'a, Vec<u64>> {
         let queue = queue.to_owned();
-        self.submit(true, move |b| b.publish(&queue, &messages))
+        let weight = messages.iter().map(|m| m.value.len()).sum();
+        self.submit(true, weight, move |b| b.publish(&queue, &messages))
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
@@ -273,7 +272,7 @@ impl Store for EmbeddedStore {
             return Box::pin(async { Ok(None) });
         }
         let queue = queue.to_owned();
-        self.submit(false, move |b| b.pop(&queue))
+        self.submit(false, 0, move |b| b.pop(&queue))
     }
 
     fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
@@ -281,33 +280,27 @@ impl Store for EmbeddedStore {
             return Box::pin(async { Ok(None) });
         }
         let queue = queue.to_owned();
-        self.submit(false, move |b| b.peek(&queue))
+        self.submit(false, 0, move |b| b.peek(&queue))
     }
 
     fn delete<'a>(&'a self, queue: &'a str, id: u64) -> StoreFuture<'a, bool> {
         let queue = queue.to_owned();
-        self.submit(true, move |b| b.delete(&queue, id))
+        self.submit(true, 0, move |b| b.delete(&queue, id))
     }
 
     fn purge<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, bool> {
         let queue = queue.to_owned();
-        self.submit(true, move |b| b.purge(&queue))
+        self.submit(true, 0, move |b| b.purge(&queue))
     }
 
     fn set_policy<'a>(&'a self, queue: &'a str, policy: Policy) -> StoreFuture<'a, ()> {
         let queue = queue.to_owned();
-        self.submit(true, move |b| {
-            b.touch(&queue).info.policy = Some(policy);
-            Ok(())
-        })
+        self.submit(true, 0, move |b| b.set_policy(&queue, policy))
     }
 
     fn set_status<'a>(&'a self, queue: &'a str, status: Status) -> StoreFuture<'a, ()> {
         let queue = queue.to_owned();
-        self.submit(true, move |b| {
-            b.touch(&queue).info.status = Some(status);
-            Ok(())
-        })
+        self.submit(true, 0, move |b| b.set_status(&queue, status))
     }
 
     fn queue<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<QueueInfo>> {
@@ -326,47 +319,17 @@ impl Store for EmbeddedStore {
     }
 
     fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>> {
-        let qid = read(&self.shared.meta).get(queue).map(|m| m.id);
-        Box::pin(async move {
-            let Some(qid) = qid else {
-                return Ok(Vec::new());
-            };
-            let db = self.db()?;
-            tokio::task::spawn_blocking(move || {
-                let txn = db.begin_read().map_err(db_error)?;
-                let table = txn.open_table(MESSAGES).map_err(db_error)?;
-                let now = now_millis();
-                let mut out = Vec::with_capacity(count.min(1024));
-                for entry in table
-                    .range((qid, 0)..=(qid, u64::MAX))
-                    .map_err(db_error)?
-                    .rev()
-                {
-                    if out.len() >= count {
-                        break;
-                    }
-                    let (key, raw) = entry.map_err(db_error)?;
-                    let (expires_at, value) = decode_message(raw.value())?;
-                    if !expired(expires_at, now) {
-                        out.push(Message {
-                            id: key.value().1,
-                            value,
-                        });
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
-        })
+        let queue = queue.to_owned();
+        self.submit(false, 0, move |b| b.latest(&queue, count))
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            if self.jobs.send(Msg::Close(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
+            let closed = match self.jobs.send(Msg::Close(tx)).await {
+                Ok(()) => rx.await.unwrap_or(Ok(())),
+                Err(_) => Ok(()),
+            };
             let handle = self
                 .writer
                 .lock()
@@ -378,34 +341,29 @@ impl Store for EmbeddedStore {
                     .map_err(|e| StoreError::Unavailable(format!("writer join failed: {e}")))?
                     .map_err(|_| StoreError::Unavailable("the writer thread panicked".into()))?;
             }
-            Ok(())
+            closed
         })
-    }
-}
-
-impl EmbeddedStore {
-    /// Whether the queue may have messages; lets empty pops skip the writer.
-    fn has_waiting(&self, queue: &str) -> bool {
-        read(&self.shared.meta)
-            .get(queue)
-            .is_some_and(|m| m.info.len > 0)
     }
 }
 
 enum Msg {
     Work(Box<dyn Work>),
-    Close(oneshot::Sender<()>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// A job for the writer: applied inside a transaction, answered after it ends.
+/// A job for the writer: applied inside a transaction, answered once durable.
 trait Work: Send {
+    /// Whether its answer must wait until its own changes are synced.
     fn durable(&self) -> bool;
+    /// Bytes of message data it carries, to bound a batch.
+    fn weight(&self) -> usize;
     fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
 }
 
 struct Task<T, F> {
     durable: bool,
+    weight: usize,
     f: Option<F>,
     out: Option<T>,
     tx: oneshot::Sender<Result<T, StoreError>>,
@@ -418,6 +376,10 @@ where
 {
     fn durable(&self) -> bool {
         self.durable
+    }
+
+    fn weight(&self) -> usize {
+        self.weight
     }
 
     fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
@@ -438,314 +400,277 @@ where
     }
 }
 
+/// A batch applied by the writer, waiting for the syncer.
+struct Handoff {
+    jobs: Vec<Box<dyn Work>>,
+    outcome: Result<(), StoreError>,
+    /// Whether the log must be synced before answering.
+    sync: bool,
+}
+
+/// The syncer thread: syncs the log once for all the batches waiting, then
+/// answers them in order.
+fn sync_loop(file: &File, handoffs: &std_mpsc::Receiver<Handoff>, shared: &Shared) {
+    while let Ok(first) = handoffs.recv() {
+        let mut round = vec![first];
+        round.extend(handoffs.try_iter());
+        let synced = if round.iter().any(|h| h.sync && h.outcome.is_ok()) {
+            file.sync_data()
+                .map_err(io_error("syncing the write-ahead log"))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &synced {
+            shared.fail(e);
+        }
+        for handoff in round {
+            let outcome = handoff.outcome.and(synced.clone());
+            for job in handoff.jobs {
+                job.finish(outcome.clone());
+            }
+        }
+    }
+}
+
 /// The writer thread: sole owner of the write side and of the metadata.
 struct Writer {
-    db: Arc<Database>,
-    meta: HashMap<String, QueueMeta>,
-    next_id: u64,
+    db: Database,
+    meta: Meta,
+    wal: Wal,
     fsync: bool,
-    non_durable: u32,
     shared: Arc<Shared>,
+    handoffs: Option<std_mpsc::Sender<Handoff>>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// Why the writer stopped filling a transaction.
+enum Stop {
+    /// Enough batches: commit and open another.
+    Commit,
+    /// The log is full: commit durably and start it over.
+    Checkpoint,
+    /// Asked to close.
+    Close(oneshot::Sender<Result<(), StoreError>>),
+    /// Every sender is gone.
+    Disconnected,
+}
+
+/// The jobs waiting, up to a batch's bounds, and whether a stop came with them.
+fn receive(rx: &mut mpsc::Receiver<Msg>) -> (Vec<Box<dyn Work>>, Option<Stop>) {
+    let mut jobs = Vec::new();
+    let mut bytes = 0;
+    let mut next = rx.blocking_recv();
+    loop {
+        match next {
+            None => return (jobs, Some(Stop::Disconnected)),
+            Some(Msg::Close(reply)) => return (jobs, Some(Stop::Close(reply))),
+            Some(Msg::Work(job)) => {
+                bytes += job.weight();
+                jobs.push(job);
+            }
+        }
+        if jobs.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+            return (jobs, None);
+        }
+        next = match rx.try_recv() {
+            Ok(msg) => Some(msg),
+            Err(mpsc::error::TryRecvError::Empty) => return (jobs, None),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+    }
+}
+
+/// Passes applied jobs to the syncer, which answers them in order.
+fn hand_off(
+    handoffs: &Option<std_mpsc::Sender<Handoff>>,
+    jobs: Vec<Box<dyn Work>>,
+    outcome: Result<(), StoreError>,
+    sync: bool,
+) {
+    let handoff = Handoff {
+        jobs,
+        outcome,
+        sync,
+    };
+    if let Some(Err(std_mpsc::SendError(handoff))) = handoffs.as_ref().map(|h| h.send(handoff)) {
+        // The syncer is gone (it never stops before the writer): answer here.
+        for job in handoff.jobs {
+            job.finish(Err(StoreError::Closed));
+        }
+    }
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut closing = None;
-        while closing.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+        let reply = loop {
+            let stop = match self.shared.failure() {
+                Some(failure) => refuse_all(&mut rx, &self.handoffs, &failure),
+                None => self.transaction(&mut rx),
             };
-            let mut jobs = Vec::new();
-            match first {
-                Msg::Work(job) => jobs.push(job),
-                Msg::Close(reply) => closing = Some(reply),
+            match stop {
+                Stop::Commit | Stop::Checkpoint => continue,
+                Stop::Close(reply) => break Some(reply),
+                Stop::Disconnected => break None,
             }
-            while closing.is_none() && jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Work(job)) => jobs.push(job),
-                    Ok(Msg::Close(reply)) => closing = Some(reply),
-                    Err(_) => break,
-                }
-            }
-            if !jobs.is_empty() {
-                self.commit(jobs);
-            }
-        }
+        };
         // Jobs sent after the close find the channel shut and fail as Closed.
         drop(rx);
-        self.close();
-        if let Some(reply) = closing {
-            let _ = reply.send(());
+        let closed = self.close();
+        if let Some(reply) = reply {
+            let _ = reply.send(closed);
         }
     }
 
-    /// Applies `jobs` in order in one transaction and answers each after the commit.
-    fn commit(&mut self, mut jobs: Vec<Box<dyn Work>>) {
-        let durable =
-            (self.fsync && jobs.iter().any(|j| j.durable())) || self.non_durable >= MAX_NON_DURABLE;
-        let mut undo = HashMap::new();
-        let outcome = self.transact(&mut jobs, &mut undo, durable);
-        match &outcome {
-            Ok(()) => {
-                if durable {
-                    self.non_durable = 0;
-                } else {
-                    self.non_durable += 1;
+    /// Runs one redb transaction: fills it with batches until a stop, then commits
+    /// it. Any failure stops the store (see [`Shared::failed`]).
+    fn transaction(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Stop {
+        let txn = match self.db.begin_write().map_err(db_error).and_then(|mut txn| {
+            txn.set_durability(Durability::None).map_err(db_error)?;
+            Ok(txn)
+        }) {
+            Ok(txn) => txn,
+            Err(e) => {
+                self.shared.fail(&e);
+                return Stop::Commit;
+            }
+        };
+        let (stop, filled) = self.fill(&txn, rx);
+        let committed = filled.and_then(|()| {
+            let checkpoint = matches!(stop, Stop::Checkpoint | Stop::Close(_) | Stop::Disconnected);
+            self.finish(txn, checkpoint)
+        });
+        if let Err(e) = committed {
+            self.shared.fail(&e);
+        }
+        stop
+    }
+
+    /// Applies batches of jobs in `txn`, logging each and handing it to the syncer.
+    fn fill(
+        &mut self,
+        txn: &WriteTransaction,
+        rx: &mut mpsc::Receiver<Msg>,
+    ) -> (Stop, Result<(), StoreError>) {
+        let mut batch = match Batch::open(txn, &mut self.meta) {
+            Ok(batch) => batch,
+            Err(e) => return (Stop::Commit, Err(e)),
+        };
+        let mut batches = 0;
+        let mut logged = 0;
+        loop {
+            let (mut jobs, stop) = receive(rx);
+            if !jobs.is_empty() {
+                batch.begin(now_millis());
+                let applied = jobs
+                    .iter_mut()
+                    .try_for_each(|job| job.apply(&mut batch))
+                    .and_then(|()| batch.write_meta());
+                if let Err(e) = applied {
+                    hand_off(&self.handoffs, jobs, Err(e.clone()), false);
+                    return (stop.unwrap_or(Stop::Commit), Err(e));
                 }
-                let mut shared = write(&self.shared.meta);
-                for name in undo.into_keys() {
-                    if let Some(meta) = self.meta.get(&name) {
-                        shared.insert(name, *meta);
+                {
+                    let mut shared = write(&self.shared.meta);
+                    for name in &batch.touched {
+                        if let Some(meta) = batch.queue_meta(name) {
+                            shared.insert(name.clone(), meta);
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
-                for (name, before) in undo {
-                    match before {
-                        Some(meta) => self.meta.insert(name, meta),
-                        None => self.meta.remove(&name),
-                    };
+                let mut sync = false;
+                if !batch.log.is_empty() {
+                    if let Err(e) = self.wal.append(&batch.log) {
+                        // Applied but not durable: refuse everything from now on
+                        // rather than answer for changes that may vanish.
+                        let e =
+                            StoreError::Unavailable(format!("writing the write-ahead log: {e}"));
+                        hand_off(&self.handoffs, jobs, Err(e.clone()), false);
+                        return (stop.unwrap_or(Stop::Commit), Err(e));
+                    }
+                    sync = self.fsync && jobs.iter().any(|job| job.durable());
+                    logged += batch.log.len();
                 }
+                hand_off(&self.handoffs, jobs, Ok(()), sync);
+                batches += 1;
             }
-        }
-        for job in jobs {
-            job.finish(outcome.clone());
+            if let Some(stop) = stop {
+                return (stop, Ok(()));
+            }
+            if self.wal.wants_checkpoint() {
+                return (Stop::Checkpoint, Ok(()));
+            }
+            if batches >= BATCHES_PER_COMMIT || logged >= BYTES_PER_COMMIT {
+                return (Stop::Commit, Ok(()));
+            }
         }
     }
 
-    fn transact(
-        &mut self,
-        jobs: &mut [Box<dyn Work>],
-        undo: &mut HashMap<String, Option<QueueMeta>>,
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(db_error)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(db_error)?;
+    /// Commits `txn`; a checkpoint commits it durably and starts the log over.
+    fn finish(&mut self, mut txn: WriteTransaction, checkpoint: bool) -> Result<(), StoreError> {
+        if !checkpoint {
+            return txn.commit().map_err(db_error);
+        }
+        let generation = self.wal.generation() + 1;
+        txn.set_durability(Durability::Immediate)
+            .map_err(db_error)?;
+        // Saves the allocator state with the commit, so a restart after a crash
+        // need not rebuild it from the whole file.
+        txn.set_quick_repair(true);
         {
-            let mut batch = Batch {
-                queues: txn.open_table(QUEUES).map_err(db_error)?,
-                messages: txn.open_table(MESSAGES).map_err(db_error)?,
-                peeks: txn.open_table(PEEKS).map_err(db_error)?,
-                meta: &mut self.meta,
-                next_id: &mut self.next_id,
-                undo,
-                now: now_millis(),
-                scratch: Vec::new(),
-            };
-            for job in jobs.iter_mut() {
-                job.apply(&mut batch)?;
-            }
-            batch.write_meta()?;
+            let mut state = txn.open_table(STATE).map_err(db_error)?;
+            state.insert(WAL_GENERATION, generation).map_err(db_error)?;
+            state.insert(WAL_LSN, self.wal.lsn()).map_err(db_error)?;
         }
-        txn.commit().map_err(db_error)
-    }
-
-    fn close(self) {
-        let slot = write(&self.shared.db).take();
-        drop(slot);
-        match Arc::try_unwrap(self.db) {
-            Ok(db) => {
-                if let Err(e) = db.close() {
-                    tracing::error!(error = %e, "closing the store failed");
-                }
-            }
-            // A read still holds the database; it closes when that read ends.
-            Err(_) => tracing::debug!("store closes after the last read"),
-        }
-    }
-}
-
-/// One write transaction in progress, with the commands the jobs apply.
-struct Batch<'t> {
-    queues: Table<'t, &'static str, &'static [u8]>,
-    messages: Table<'t, (u64, u64), &'static [u8]>,
-    peeks: Table<'t, (u64, u64), u64>,
-    meta: &'t mut HashMap<String, QueueMeta>,
-    next_id: &'t mut u64,
-    /// The metadata of every queue touched, as it was before the batch.
-    undo: &'t mut HashMap<String, Option<QueueMeta>>,
-    now: u64,
-    scratch: Vec<u8>,
-}
-
-impl Batch<'_> {
-    /// The queue's metadata for changing, created if new; remembers the original.
-    fn touch(&mut self, queue: &str) -> &mut QueueMeta {
-        if !self.undo.contains_key(queue) {
-            self.undo
-                .insert(queue.to_owned(), self.meta.get(queue).copied());
-        }
-        let next_id = &mut *self.next_id;
-        self.meta.entry(queue.to_owned()).or_insert_with(|| {
-            let id = *next_id;
-            *next_id += 1;
-            QueueMeta {
-                id,
-                info: QueueInfo::default(),
-            }
-        })
-    }
-
-    fn write_meta(&mut self) -> Result<(), StoreError> {
-        for name in self.undo.keys() {
-            if let Some(meta) = self.meta.get(name) {
-                self.queues
-                    .insert(name.as_str(), meta.encode().as_slice())
-                    .map_err(db_error)?;
-            }
-        }
+        txn.commit().map_err(db_error)?;
+        self.wal.restart(generation);
         Ok(())
     }
 
-    fn publish(&mut self, queue: &str, messages: &[NewMessage]) -> Result<Vec<u64>, StoreError> {
-        let now = self.now;
-        let meta = self.touch(queue);
-        let qid = meta.id;
-        let first = meta.info.last_id + 1;
-        let count = messages.len() as u64;
-        meta.info.last_id += count;
-        meta.info.len += count;
-        // A queue starts on its first message, unless it was stopped beforehand.
-        meta.info.status.get_or_insert(Status::Started);
-        let mut ids = Vec::with_capacity(messages.len());
-        for (id, message) in (first..).zip(messages) {
-            let expires_at = match message.ttl {
-                Some(ttl) if ttl > 0 => now.saturating_add(ttl.saturating_mul(1000)),
-                _ => 0,
-            };
-            encode_message(&mut self.scratch, expires_at, &message.value);
-            self.messages
-                .insert((qid, id), self.scratch.as_slice())
-                .map_err(db_error)?;
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-
-    /// The first stored message of queue `qid`: its number and raw record.
-    fn head(&self, qid: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let mut range = self
-            .messages
-            .range((qid, 0)..=(qid, u64::MAX))
-            .map_err(db_error)?;
-        match range.next() {
-            Some(entry) => {
-                let (key, raw) = entry.map_err(db_error)?;
-                Ok(Some((key.value().1, raw.value().to_vec())))
+    /// Applies the log frames read back at start, then checkpoints.
+    fn recover(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut batch = Batch::open(&txn, &mut self.meta)?;
+            batch.begin(now_millis());
+            for frame in frames {
+                for op in Op::decode_all(frame)? {
+                    batch.replay(&op)?;
+                }
             }
-            None => Ok(None),
+            batch.write_meta()?;
         }
+        self.finish(txn, true)
     }
 
-    /// Removes message `id` of `queue`; true when it was there.
-    fn remove(&mut self, queue: &str, qid: u64, id: u64) -> Result<bool, StoreError> {
-        let existed = self.messages.remove((qid, id)).map_err(db_error)?.is_some();
-        if existed {
-            self.peeks.remove((qid, id)).map_err(db_error)?;
-            let meta = self.touch(queue);
-            meta.info.len = meta.info.len.saturating_sub(1);
-        }
-        Ok(existed)
-    }
-
-    /// The head of `queue` that has not expired, dropping expired ones on the way.
-    fn live_head(&mut self, queue: &str) -> Result<Option<(u64, u64, String)>, StoreError> {
-        let Some(qid) = self.meta.get(queue).map(|m| m.id) else {
-            return Ok(None);
-        };
-        while let Some((id, raw)) = self.head(qid)? {
-            let (expires_at, value) = decode_message(&raw)?;
-            if !expired(expires_at, self.now) {
-                return Ok(Some((qid, id, value)));
+    /// Makes everything durable, lets the syncer answer what it holds, and closes
+    /// the database.
+    fn close(mut self) -> Result<(), StoreError> {
+        // The last transaction was committed durably unless the store failed.
+        drop(self.handoffs.take());
+        if let Some(syncer) = self.syncer.take() {
+            if syncer.join().is_err() {
+                tracing::error!("the syncer thread panicked");
             }
-            self.remove(queue, qid, id)?;
         }
-        Ok(None)
-    }
-
-    fn pop(&mut self, queue: &str) -> Result<Option<Message>, StoreError> {
-        let Some((qid, id, value)) = self.live_head(queue)? else {
-            return Ok(None);
-        };
-        self.remove(queue, qid, id)?;
-        Ok(Some(Message { id, value }))
-    }
-
-    fn peek(&mut self, queue: &str) -> Result<Option<(Message, u64)>, StoreError> {
-        let Some((qid, id, value)) = self.live_head(queue)? else {
-            return Ok(None);
-        };
-        let reads = self
-            .peeks
-            .get((qid, id))
-            .map_err(db_error)?
-            .map_or(0, |g| g.value())
-            + 1;
-        self.peeks.insert((qid, id), reads).map_err(db_error)?;
-        Ok(Some((Message { id, value }, reads)))
-    }
-
-    fn delete(&mut self, queue: &str, id: u64) -> Result<bool, StoreError> {
-        let Some(qid) = self.meta.get(queue).map(|m| m.id) else {
-            return Ok(false);
-        };
-        let live = match self.messages.get((qid, id)).map_err(db_error)? {
-            Some(raw) => !expired(decode_message(raw.value())?.0, self.now),
-            None => return Ok(false),
-        };
-        self.remove(queue, qid, id)?;
-        Ok(live)
-    }
-
-    fn purge(&mut self, queue: &str) -> Result<bool, StoreError> {
-        let Some(meta) = self.meta.get(queue).copied() else {
-            return Ok(false);
-        };
-        let range = (meta.id, 0)..=(meta.id, u64::MAX);
-        self.messages
-            .retain_in(range.clone(), |_, _| false)
-            .map_err(db_error)?;
-        self.peeks
-            .retain_in(range, |_, _| false)
-            .map_err(db_error)?;
-        self.touch(queue).info.len = 0;
-        Ok(meta.info.len > 0)
+        let failure = self.shared.failure();
+        self.db.close().map_err(db_error)?;
+        failure.map_or(Ok(()), Err)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta_records_round_trip() {
-        let meta = QueueMeta {
-            id: 7,
-            info: QueueInfo {
-                len: 3,
-                last_id: 99,
-                status: Some(Status::Stopped),
-                policy: Some(Policy::RoundRobin),
-            },
-        };
-        assert_eq!(QueueMeta::decode(&meta.encode()).ok(), Some(meta));
-        assert!(QueueMeta::decode(&[0u8; 3]).is_err());
-        let mut bad = meta.encode();
-        bad[26] = 9;
-        assert!(QueueMeta::decode(&bad).is_err());
-    }
-
-    #[test]
-    fn message_records_round_trip() {
-        let mut buf = Vec::new();
-        encode_message(&mut buf, 42, "héllo");
-        assert_eq!(decode_message(&buf).ok(), Some((42, "héllo".to_owned())));
-        assert!(decode_message(&[1, 2]).is_err());
+/// Once the store failed: answers every job with the failure until told to stop.
+fn refuse_all(
+    rx: &mut mpsc::Receiver<Msg>,
+    handoffs: &Option<std_mpsc::Sender<Handoff>>,
+    failure: &StoreError,
+) -> Stop {
+    loop {
+        let (jobs, stop) = receive(rx);
+        if !jobs.is_empty() {
+            hand_off(handoffs, jobs, Err(failure.clone()), false);
+        }
+        if let Some(stop) = stop {
+            return stop;
+        }
     }
 }
