@@ -29,9 +29,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
 
-    /// Acknowledge changes before they reach the disk (no fsync per commit). Faster,
-    /// but a crash of restmq or of the machine loses what was acknowledged since the
-    /// last durable commit (one in every 1000 commits is made durable).
+    /// Acknowledge changes once written to the operating system, without waiting
+    /// for the disk (no fsync). A crash of restmq still loses nothing; a crash of
+    /// the machine can lose the changes of the last seconds.
     #[arg(long, env = "RESTMQ_NO_FSYNC")]
     pub no_fsync: bool,
 }
