@@ -22,44 +22,43 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// `cb(<json>)` followed by what the route family puts after it.
+fn jsonp(callback: &Callback, json: &str, tail: &str) -> Response {
+    with_type(JAVASCRIPT, format!("{}({json}){tail}", callback.as_str()))
+}
+
 /// A text answer of `/`, `/q` and `/p`: `text` + CRLF, or `cb("text");` + CRLF.
 pub fn text_line(text: &str, callback: Option<&Callback>) -> Response {
     match callback {
         None => with_type(TEXT, format!("{text}\r\n")),
-        Some(cb) => with_type(
-            JAVASCRIPT,
-            format!("{}({});\r\n", cb.as_str(), to_json(text)),
-        ),
+        Some(cb) => jsonp(cb, &to_json(text), ";\r\n"),
     }
 }
 
 /// A JSON answer of `/`, `/q` and `/p`: JSON + CRLF, or `cb(JSON);` + CRLF.
 pub fn json_line<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    let json = to_json(value);
     match callback {
-        None => with_type(JSON, format!("{}\r\n", to_json(value))),
-        Some(cb) => with_type(
-            JAVASCRIPT,
-            format!("{}({});\r\n", cb.as_str(), to_json(value)),
-        ),
+        None => with_type(JSON, json + "\r\n"),
+        Some(cb) => jsonp(cb, &json, ";\r\n"),
     }
 }
 
 /// An answer of `/stats`: JSON, or `cb(JSON)`, neither ended by CRLF.
 pub fn stats<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    let json = to_json(value);
     match callback {
-        None => with_type(JSON, to_json(value)),
-        Some(cb) => with_type(JAVASCRIPT, format!("{}({})", cb.as_str(), to_json(value))),
+        None => with_type(JSON, json),
+        Some(cb) => jsonp(cb, &json, ""),
     }
 }
 
 /// An answer of `/control`: JSON + CRLF, or `cb(JSON)` + CRLF.
 pub fn control<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
+    let json = to_json(value);
     match callback {
-        None => with_type(JSON, format!("{}\r\n", to_json(value))),
-        Some(cb) => with_type(
-            JAVASCRIPT,
-            format!("{}({})\r\n", cb.as_str(), to_json(value)),
-        ),
+        None => with_type(JSON, json + "\r\n"),
+        Some(cb) => jsonp(cb, &json, "\r\n"),
     }
 }
 

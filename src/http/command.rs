@@ -85,8 +85,9 @@ macro_rules! field {
     };
 }
 
+/// The answer of `add` and `take`.
 #[derive(Serialize)]
-struct Added<'a> {
+struct Entry<'a> {
     queue: &'a str,
     value: &'a str,
     key: String,
@@ -107,7 +108,7 @@ async fn add(state: &AppState, command: &Command) -> Result<Response, Error> {
         ttl,
     };
     let id = state.broker.publish(&queue, message).await?;
-    Ok(answer::json(&Added {
+    Ok(answer::json(&Entry {
         queue: queue.as_str(),
         value,
         key: queue.key(id),
@@ -135,17 +136,10 @@ async fn get(state: &AppState, command: &Command) -> Result<Response, Error> {
     }
 }
 
-#[derive(Serialize)]
-struct Taken<'a> {
-    queue: &'a str,
-    value: &'a str,
-    key: String,
-}
-
 async fn take(state: &AppState, command: &Command) -> Result<Response, Error> {
     let queue = field!(queue_field(command)?);
     match state.broker.pop(&queue).await? {
-        Some(message) => Ok(answer::json(&Taken {
+        Some(message) => Ok(answer::json(&Entry {
             queue: queue.as_str(),
             value: &message.value,
             key: queue.key(message.id),
