@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub use name::{MAX_QUEUE_NAME, QueueName};
 
 use crate::error::Error;
-use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store};
+use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError};
 
 /// The broker: the one way the front doors reach the queues. Cheap to clone.
 #[derive(Clone)]
@@ -29,12 +29,12 @@ impl Broker {
 
     /// Appends one message to the tail of `queue`; returns its number once durable.
     pub async fn publish(&self, queue: &QueueName, message: NewMessage) -> Result<u64, Error> {
-        let ids = self.store.publish(queue.as_str(), vec![message]).await?;
-        ids.first()
-            .copied()
-            .ok_or(Error::Store(crate::store::StoreError::Unavailable(
-                "the store returned no key".into(),
-            )))
+        match self.store.publish(queue.as_str(), vec![message]).await?[..] {
+            [id] => Ok(id),
+            _ => Err(Error::Store(StoreError::Corrupted(
+                "the store answered one publish with a wrong number of keys".into(),
+            ))),
+        }
     }
 
     /// Removes and returns the head of `queue`.
