@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::broker::hub::StreamLimits;
+
 /// Default limit of a request body, in bytes (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
@@ -29,6 +31,18 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
 
+    /// Messages buffered for one streaming consumer. A broadcast consumer that
+    /// falls this far behind is disconnected, rather than slowing the others.
+    #[arg(long, env = "RESTMQ_STREAM_BUFFER", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stream_buffer: u32,
+
+    /// Recently streamed messages kept per queue, for Server-Sent Events clients
+    /// that reconnect with Last-Event-ID.
+    #[arg(long, env = "RESTMQ_RESUME_BUFFER", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub resume_buffer: u32,
+
     /// Acknowledge changes once written to the operating system, without waiting
     /// for the disk (no fsync). A crash of restmq still loses nothing; a crash of
     /// the machine can lose the changes of the last seconds.
@@ -45,6 +59,8 @@ pub struct Config {
     pub max_body: usize,
     /// Whether changes are fsynced before they are acknowledged.
     pub fsync: bool,
+    /// Limits of streaming delivery.
+    pub streams: StreamLimits,
 }
 
 impl Config {
@@ -54,6 +70,7 @@ impl Config {
             data_dir: data_dir.into(),
             max_body: DEFAULT_MAX_BODY,
             fsync: true,
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -64,6 +81,10 @@ impl From<&ServeArgs> for Config {
             data_dir: args.data_dir.clone(),
             max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
             fsync: !args.no_fsync,
+            streams: StreamLimits {
+                consumer_buffer: args.stream_buffer as usize,
+                resume_buffer: args.resume_buffer as usize,
+            },
         }
     }
 }

@@ -41,6 +41,12 @@ pub enum Error {
     /// `GET /?queue=` found the queue empty (the original answers 404 there).
     #[error("queue is empty")]
     EmptyQueue,
+    /// A WebSocket route reached without a WebSocket handshake.
+    #[error("this route speaks WebSocket: send an upgrade request")]
+    UpgradeRequired,
+    /// The server is shutting down and takes no new streams.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// No route answers this path.
     #[error("not found")]
     NotFound,
@@ -64,6 +70,8 @@ impl Error {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadBody(_) => StatusCode::BAD_REQUEST,
             Error::EmptyQueue => StatusCode::NOT_FOUND,
+            Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,

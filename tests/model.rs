@@ -369,7 +369,8 @@ async fn step(
     Ok(())
 }
 
-/// `GET /stats/<q>`: `{"redis","queue","len"}` with the model's length.
+/// `GET /stats/<q>`: `{"redis","queue","len","consumers"}` with the model's length
+/// (and no streaming consumers).
 async fn check_stats(server: &TestServer, queue: &QueueModel) -> Result<(), TestCaseError> {
     let answer = server.get(&format!("/stats/{}", queue.name)).await;
     prop_assert_eq!(answer.status, 200, "stats: body {:?}", answer.body);
@@ -382,7 +383,7 @@ async fn check_stats(server: &TestServer, queue: &QueueModel) -> Result<(), Test
     body["redis"] = json!("");
     prop_assert_eq!(
         body,
-        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len()}),
+        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len(), "consumers": 0}),
         "stats of {}",
         queue.name
     );

@@ -1,11 +1,16 @@
 //! Queue semantics, independent of HTTP: publishing, popping, peeking, deleting,
-//! purging, policies and pause states, over any [`Store`].
+//! purging, policies and pause states, and streaming to connected consumers
+//! ([`hub`]), over any [`Store`].
 
+pub mod hub;
 mod name;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use name::{MAX_QUEUE_NAME, QueueName};
+
+use self::hub::{Hub, Resume, StreamLimits, Subscription};
 
 use crate::error::Error;
 use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError};
@@ -14,12 +19,14 @@ use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreE
 #[derive(Clone)]
 pub struct Broker {
     store: Arc<dyn Store>,
+    hub: Hub,
 }
 
 impl Broker {
-    /// A broker over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Broker {
-        Broker { store }
+    /// A broker over `store`; must be created inside a tokio runtime.
+    pub fn new(store: Arc<dyn Store>, limits: StreamLimits) -> Broker {
+        let hub = Hub::new(store.clone(), limits);
+        Broker { store, hub }
     }
 
     /// A short description of the store behind the broker.
@@ -27,9 +34,12 @@ impl Broker {
         self.store.describe()
     }
 
-    /// Appends one message to the tail of `queue`; returns its number once durable.
+    /// Appends one message to the tail of `queue`; returns its number once durable,
+    /// having woken the queue's streaming consumers.
     pub async fn publish(&self, queue: &QueueName, message: NewMessage) -> Result<u64, Error> {
-        match self.store.publish(queue.as_str(), vec![message]).await?[..] {
+        let ids = self.store.publish(queue.as_str(), vec![message]).await?;
+        self.hub.kick(queue);
+        match ids[..] {
             [id] => Ok(id),
             _ => Err(Error::Store(StoreError::Corrupted(
                 "the store answered one publish with a wrong number of keys".into(),
@@ -56,8 +66,10 @@ impl Broker {
         }
     }
 
-    /// Deletes every waiting message of `queue`; true when there were any.
+    /// Ends every stream of `queue` (after a last `null`), then deletes every
+    /// waiting message; true when there were any.
     pub async fn purge(&self, queue: &QueueName) -> Result<bool, Error> {
+        self.hub.close_queue(queue);
         Ok(self.store.purge(queue.as_str()).await?)
     }
 
@@ -76,9 +88,34 @@ impl Broker {
         Ok(self.store.set_policy(queue.as_str(), policy).await?)
     }
 
-    /// Starts or stops streaming delivery of `queue`.
+    /// Starts or stops streaming delivery of `queue`; starting delivers the backlog.
     pub async fn set_status(&self, queue: &QueueName, status: Status) -> Result<(), Error> {
-        Ok(self.store.set_status(queue.as_str(), status).await?)
+        self.store.set_status(queue.as_str(), status).await?;
+        if status == Status::Started {
+            self.hub.kick(queue);
+        }
+        Ok(())
+    }
+
+    /// Connects a streaming consumer to `queue`; refused while shutting down.
+    pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Result<Subscription, Error> {
+        self.hub.subscribe(queue, resume).ok_or(Error::ShuttingDown)
+    }
+
+    /// Streaming consumers connected to `queue`.
+    pub fn consumers(&self, queue: &QueueName) -> usize {
+        self.hub.consumers(queue)
+    }
+
+    /// Ends every stream for shutdown; new ones are refused.
+    pub fn end_streams(&self) {
+        self.hub.end_all();
+    }
+
+    /// Waits up to `grace` for the streams to close and their undelivered messages
+    /// to be back in their queues.
+    pub async fn streams_closed(&self, grace: Duration) {
+        self.hub.closed(grace).await;
     }
 
     /// Up to `count` of the newest waiting messages of `queue`, newest first.

@@ -7,10 +7,12 @@ use serde_json::{Map, Value, json};
 use super::answer::stats;
 use super::params::{Params, Queue};
 use crate::AppState;
+use crate::broker::QueueName;
 use crate::error::Error;
 use crate::store::{Policy, Status};
 
-/// `GET /stats/`: every listed queue with its length, status and policy.
+/// `GET /stats/`: every listed queue with its length, status, policy and
+/// streaming consumers (`consumers` is restmq's addition).
 ///
 /// As in the original, `status` is 1 when started and `""` otherwise, and
 /// `policy` is 1 (broadcast), 2 (roundrobin) or `""` when never set.
@@ -24,9 +26,16 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
             Some(Status::Stopped) | None => json!(""),
         };
         let policy = info.policy.map_or(json!(""), |p: Policy| json!(p.code()));
+        let consumers = QueueName::parse(name).map_or(0, |q| state.broker.consumers(&q));
         all.insert(
             name.clone(),
-            json!({ "name": name, "len": info.len, "status": status, "policy": policy }),
+            json!({
+                "name": name,
+                "len": info.len,
+                "status": status,
+                "policy": policy,
+                "consumers": consumers,
+            }),
         );
     }
     let answer = json!({
@@ -37,7 +46,8 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
     Ok(stats(&answer, callback.as_ref()))
 }
 
-/// `GET /stats/<q>`: the queue's length (0 for an unknown queue).
+/// `GET /stats/<q>`: the queue's length (0 for an unknown queue) and its
+/// streaming consumers.
 pub async fn one(
     State(state): State<AppState>,
     Queue(queue): Queue,
@@ -49,6 +59,7 @@ pub async fn one(
         "redis": state.broker.describe(),
         "queue": queue.as_str(),
         "len": len,
+        "consumers": state.broker.consumers(&queue),
     });
     Ok(stats(&answer, callback.as_ref()))
 }

@@ -5,6 +5,7 @@ mod answer;
 mod command;
 mod legacy;
 pub mod params;
+mod stream;
 mod ui;
 
 use axum::Router;
@@ -44,6 +45,12 @@ pub fn router(state: AppState) -> Router {
         .route("/stats/{*queue}", get(admin::one))
         .route("/j/", get(legacy::no_queue))
         .route("/j/{*queue}", get(legacy::job_view))
+        .route("/c/", get(legacy::no_queue))
+        .route("/c/{*queue}", get(stream::comet))
+        .route("/sse/", get(legacy::no_queue))
+        .route("/sse/{*queue}", get(stream::sse))
+        .route("/ws/", get(legacy::no_queue))
+        .route("/ws/{*queue}", get(stream::websocket))
         .route("/static/{*path}", get(ui::asset))
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

@@ -32,6 +32,9 @@ pub struct Message {
     pub id: u64,
     /// The message body as published.
     pub value: String,
+    /// When the message expires, in ms since the Unix epoch; 0 for never. Kept so
+    /// that a message put back into its queue keeps its deadline.
+    pub expires_at: u64,
 }
 
 /// How streamed messages are spread over a queue's consumers.
@@ -149,6 +152,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes and returns the head of a queue, skipping (and dropping) expired messages.
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>>;
+
+    /// Removes and returns up to `max` messages from the head of a queue, in order.
+    fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>>;
+
+    /// Puts messages taken from a queue back, under their own numbers: at the head,
+    /// in key order. Used when a message taken for a consumer could not reach it.
+    fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()>;
 
     /// Returns the head of a queue without removing it, counting this read: the
     /// second value is the number of peeks of that message so far, from 1.

@@ -235,15 +235,24 @@ impl<'t> Batch<'t> {
         }
     }
 
-    /// The head of `queue` that has not expired, dropping expired ones on the way.
-    fn live_head(&mut self, queue: &str) -> Result<Option<(u64, u64, String)>, StoreError> {
+    /// The head of `queue` that has not expired (with its queue's id), dropping
+    /// expired ones on the way.
+    fn live_head(&mut self, queue: &str) -> Result<Option<(u64, Message)>, StoreError> {
         let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
             return Ok(None);
         };
         while let Some((id, raw)) = self.head(qid)? {
             let (expires_at, value) = split_message(&raw)?;
             if !expired(expires_at, self.now) {
-                return Ok(Some((qid, id, value_text(value)?)));
+                let value = value_text(value)?;
+                return Ok(Some((
+                    qid,
+                    Message {
+                        id,
+                        value,
+                        expires_at,
+                    },
+                )));
             }
             self.remove(queue, id)?;
         }
@@ -251,25 +260,50 @@ impl<'t> Batch<'t> {
     }
 
     pub fn pop(&mut self, queue: &str) -> Result<Option<Message>, StoreError> {
-        let Some((_, id, value)) = self.live_head(queue)? else {
+        let Some((_, message)) = self.live_head(queue)? else {
             return Ok(None);
         };
-        self.remove(queue, id)?;
-        Ok(Some(Message { id, value }))
+        self.remove(queue, message.id)?;
+        Ok(Some(message))
+    }
+
+    pub fn pop_many(&mut self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.pop(queue)? {
+                Some(message) => out.push(message),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts `messages` back under their own numbers (those already there stay).
+    pub fn restore(&mut self, queue: &str, messages: &[Message]) -> Result<(), StoreError> {
+        for message in messages {
+            let present = match self.meta.queues.get(queue) {
+                Some(meta) => self.messages.get((meta.id, message.id)).map_err(db_error)?.is_some(),
+                None => false,
+            };
+            if !present {
+                self.insert(queue, message.id, message.expires_at, message.value.as_bytes())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn peek(&mut self, queue: &str) -> Result<Option<(Message, u64)>, StoreError> {
-        let Some((qid, id, value)) = self.live_head(queue)? else {
+        let Some((qid, message)) = self.live_head(queue)? else {
             return Ok(None);
         };
         let count = self
             .peeks
-            .get((qid, id))
+            .get((qid, message.id))
             .map_err(db_error)?
             .map_or(0, |g| g.value())
             + 1;
-        self.set_peeks(queue, qid, id, count)?;
-        Ok(Some((Message { id, value }, count)))
+        self.set_peeks(queue, qid, message.id, count)?;
+        Ok(Some((message, count)))
     }
 
     pub fn delete(&mut self, queue: &str, id: u64) -> Result<bool, StoreError> {
@@ -326,6 +360,7 @@ impl<'t> Batch<'t> {
                 out.push(Message {
                     id: key.value().1,
                     value: value_text(value)?,
+                    expires_at,
                 });
             }
         }

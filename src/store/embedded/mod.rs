@@ -275,6 +275,20 @@ impl Store for EmbeddedStore {
         self.submit(false, 0, move |b| b.pop(&queue))
     }
 
+    fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
+        if !self.has_waiting(queue) {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        let queue = queue.to_owned();
+        self.submit(false, 0, move |b| b.pop_many(&queue, max))
+    }
+
+    fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
+        let queue = queue.to_owned();
+        let weight = messages.iter().map(|m| m.value.len()).sum();
+        self.submit(true, weight, move |b| b.restore(&queue, &messages))
+    }
+
     fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
         if !self.has_waiting(queue) {
             return Box::pin(async { Ok(None) });
