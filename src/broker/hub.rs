@@ -549,7 +549,9 @@ async fn dispatch(hub: Arc<Inner>, slot: Arc<Slot>) {
         }
         {
             let mut streams = slot.streams();
-            streams.consumers.retain(|c| !c.tx.is_closed() && c.link.ended().is_none());
+            streams
+                .consumers
+                .retain(|c| !c.tx.is_closed() && c.link.ended().is_none());
             if streams.consumers.is_empty() {
                 streams.running = false;
                 return;
@@ -570,7 +572,9 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
         let policy = info.policy.unwrap_or(Policy::Broadcast);
         let room = {
             let mut streams = slot.streams();
-            streams.consumers.retain(|c| !c.tx.is_closed() && c.link.ended().is_none());
+            streams
+                .consumers
+                .retain(|c| !c.tx.is_closed() && c.link.ended().is_none());
             match policy {
                 // Every consumer gets every message: pop only when one has room.
                 Policy::Broadcast => {
@@ -641,8 +645,9 @@ fn hand_out(hub: &Inner, slot: &Slot, policy: Policy, messages: Vec<Message>) ->
 /// as too slow. True when at least one took it.
 fn broadcast(streams: &mut Streams, delivery: &Arc<Delivery>) -> bool {
     let mut taken = false;
-    streams.consumers.retain(|consumer| {
-        match consumer.tx.try_send(Held::new(delivery)) {
+    streams
+        .consumers
+        .retain(|consumer| match consumer.tx.try_send(Held::new(delivery)) {
             Ok(()) => {
                 taken = true;
                 true
@@ -656,8 +661,7 @@ fn broadcast(streams: &mut Streams, delivery: &Arc<Delivery>) -> bool {
                 held.discard();
                 false
             }
-        }
-    });
+        });
     taken
 }
 
@@ -671,7 +675,9 @@ fn round_robin(streams: &mut Streams, delivery: &Arc<Delivery>) -> bool {
                 streams.turn = (at + 1) % count;
                 return true;
             }
-            Err(mpsc::error::TrySendError::Full(held) | mpsc::error::TrySendError::Closed(held)) => {
+            Err(
+                mpsc::error::TrySendError::Full(held) | mpsc::error::TrySendError::Closed(held),
+            ) => {
                 held.discard();
             }
         }

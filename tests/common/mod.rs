@@ -212,3 +212,186 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A streaming HTTP response read incrementally: COMET lines or SSE events.
+pub struct Streaming {
+    /// The response's status.
+    pub status: u16,
+    /// The response's `content-type`.
+    pub content_type: String,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    /// `event:`, empty for a plain message.
+    pub event: String,
+    /// `id:`.
+    pub id: String,
+    /// `data:` (lines joined by `\n`).
+    pub data: String,
+}
+
+impl Streaming {
+    /// `GET path` with extra headers, kept open.
+    pub async fn open(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Streaming {
+        let mut request = server.client.get(server.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Streaming {
+            status,
+            content_type,
+            body: Box::pin(response.bytes_stream()),
+            buf: Vec::new(),
+        }
+    }
+
+    /// A COMET stream of `queue`.
+    pub async fn comet(server: &TestServer, queue: &str) -> Streaming {
+        let stream = Streaming::open(server, &format!("/c/{queue}"), &[]).await;
+        assert_eq!(stream.status, 200);
+        stream
+    }
+
+    /// An SSE stream at `path`.
+    pub async fn sse(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Streaming {
+        let stream = Streaming::open(server, path, headers).await;
+        assert_eq!(stream.status, 200, "SSE {path}");
+        assert_eq!(stream.content_type, "text/event-stream");
+        stream
+    }
+
+    /// More bytes, or `false` at the end of the stream; fails after [`DEADLINE`].
+    async fn fill(&mut self) -> bool {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(DEADLINE, self.body.next()).await {
+            Err(_) => panic!("nothing arrived on the stream within {DEADLINE:?}"),
+            Ok(None) => false,
+            Ok(Some(chunk)) => {
+                self.buf
+                    .extend_from_slice(&chunk.expect("a readable stream"));
+                true
+            }
+        }
+    }
+
+    /// The next line without its end (`\r\n` or `\n`); `None` at the end of the stream.
+    pub async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=at).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(String::from_utf8(line).expect("UTF-8 lines"));
+            }
+            if !self.fill().await {
+                assert!(self.buf.is_empty(), "stream ended mid-line: {:?}", self.buf);
+                return None;
+            }
+        }
+    }
+
+    /// The next event, comments skipped; `None` at the end of the stream.
+    pub async fn event(&mut self) -> Option<Event> {
+        let mut event = Event::default();
+        let mut fields = 0;
+        loop {
+            let line = self.line().await?;
+            if line.is_empty() {
+                if fields > 0 {
+                    return Some(event);
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            fields += 1;
+            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+            match name {
+                "event" => event.event = value,
+                "id" => event.id = value,
+                "data" if event.data.is_empty() => event.data = value,
+                "data" => event.data = format!("{}\n{value}", event.data),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next COMET message as `(key, value)`; panics on anything else.
+    pub async fn message(&mut self) -> (String, String) {
+        let line = self
+            .line()
+            .await
+            .expect("a message, not the end of the stream");
+        let json: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        (
+            json["key"].as_str().expect("key").to_owned(),
+            json["value"].as_str().expect("value").to_owned(),
+        )
+    }
+
+    /// Asserts the stream ends here.
+    pub async fn ends(&mut self) {
+        let rest = self.line().await;
+        assert_eq!(rest, None, "expected the end of the stream");
+    }
+}
+
+/// A WebSocket client.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl TestServer {
+    /// A WebSocket to `/ws/<queue>`.
+    pub async fn websocket(&self, queue: &str) -> WebSocket {
+        let url = format!("ws://{}/ws/{queue}", self.addr);
+        let (socket, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("the WebSocket handshake succeeds");
+        assert_eq!(response.status(), 101);
+        socket
+    }
+
+    /// Waits until `queue` has `count` streaming consumers.
+    pub async fn wait_consumers(&self, queue: &str, count: u64) {
+        eventually(&format!("{count} consumers on {queue}"), || async {
+            let stats = self.get(&format!("/stats/{queue}")).await.json();
+            (stats["consumers"] == count).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The next text frame of a WebSocket (pings skipped); `None` when it closes.
+pub async fn ws_text(socket: &mut WebSocket) -> Option<String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(DEADLINE, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no WebSocket frame within {DEADLINE:?}"));
+        match frame {
+            None | Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            Some(Err(e)) => panic!("WebSocket error: {e}"),
+        }
+    }
+}

@@ -282,11 +282,20 @@ impl<'t> Batch<'t> {
     pub fn restore(&mut self, queue: &str, messages: &[Message]) -> Result<(), StoreError> {
         for message in messages {
             let present = match self.meta.queues.get(queue) {
-                Some(meta) => self.messages.get((meta.id, message.id)).map_err(db_error)?.is_some(),
+                Some(meta) => self
+                    .messages
+                    .get((meta.id, message.id))
+                    .map_err(db_error)?
+                    .is_some(),
                 None => false,
             };
             if !present {
-                self.insert(queue, message.id, message.expires_at, message.value.as_bytes())?;
+                self.insert(
+                    queue,
+                    message.id,
+                    message.expires_at,
+                    message.value.as_bytes(),
+                )?;
             }
         }
         Ok(())
