@@ -615,3 +615,70 @@ async fn popped_messages_stay_popped_after_sigkill() {
         last = *n;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_and_exits() {
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    let mut server = Server::start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let mut comet = http
+        .get(server.url("/c/term"))
+        .send()
+        .await
+        .expect("a COMET stream");
+    let mut sse = http
+        .get(server.url("/sse/term"))
+        .send()
+        .await
+        .expect("an SSE stream");
+    common::eventually("two consumers", || async {
+        let stats: serde_json::Value = http
+            .get(server.url("/stats/term"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (stats["consumers"] == 2).then_some(())
+    })
+    .await;
+    let published = http
+        .post(server.url("/q/term"))
+        .form(&[("value", "before")])
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 200);
+    let first = comet.chunk().await.expect("a chunk").expect("a message");
+    assert!(String::from_utf8_lossy(&first).contains("before"));
+
+    let pid = server.child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    // The streams end cleanly (no error, just the end)...
+    let rest = tokio::time::timeout(common::DEADLINE, async {
+        while comet.chunk().await.expect("a clean end of the COMET stream").is_some() {}
+        while sse.chunk().await.expect("a clean end of the SSE stream").is_some() {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the streams did not end after SIGTERM");
+    // ...and the process exits, with success.
+    let deadline = Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("poll the process") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restmq did not exit after SIGTERM:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}:\n{}", server.log_text());
+    assert!(server.log_text().contains("restmq stopped"));
+}
