@@ -10,11 +10,11 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod server;
 pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -57,44 +57,12 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
-/// How long shutdown waits for streams and connections to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// Serves `listener` until `shutdown` resolves, then shuts down without losing
-/// anything: stops accepting, ends every stream (messages buffered for a stream
-/// and not yet sent go back to their queues), lets requests in progress finish
-/// (for at most a few seconds), and closes the store.
+/// anything; see [`server::run`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let broker = state.broker.clone();
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signal = {
-        let broker = broker.clone();
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            broker.end_streams();
-            stopping.notify_one();
-        }
-    };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
-    let served = tokio::select! {
-        served = server => served,
-        // A client that stopped reading could hold its connection open forever.
-        () = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("connections still open after the grace period; closing them");
-            Ok(())
-        }
-    };
-    broker.streams_closed(SHUTDOWN_GRACE).await;
-    if let Err(e) = broker.close().await {
-        tracing::error!(error = %e, "closing the store failed");
-    }
-    served
+    server::run(listener, state, shutdown).await
 }

@@ -5,7 +5,7 @@ mod answer;
 mod command;
 mod legacy;
 pub mod params;
-mod stream;
+pub mod stream;
 mod ui;
 
 use axum::Router;

@@ -73,6 +73,17 @@ impl FromRequest<AppState> for Params {
 }
 
 impl Params {
+    /// The parameters of a query string alone (a request without a body).
+    pub fn from_query(query: &str) -> Result<Params, Error> {
+        let mut pairs = Vec::new();
+        parse_pairs(query.as_bytes(), "query string", &mut pairs)?;
+        Ok(Params {
+            pairs,
+            body: Bytes::new(),
+            media_type: None,
+        })
+    }
+
     /// The last value of `name`, as sent.
     pub fn raw(&self, name: &str) -> Option<&str> {
         self.pairs

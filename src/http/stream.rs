@@ -17,6 +17,9 @@ use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt, stream};
+use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::params::{Callback, Params, Queue};
 use crate::AppState;
@@ -27,8 +30,81 @@ use crate::error::Error;
 /// An idle Server-Sent Events stream sends a comment this often, so that
 /// proxies and clients see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Read buffer of a WebSocket connection.
+const WS_READ_BUFFER: usize = 4096;
 /// Messages already waiting gathered into one write, at most.
 const CHUNK_MESSAGES: usize = 64;
+
+/// What a COMET or SSE request asks for.
+struct StreamRequest {
+    queue: QueueName,
+    format: Format,
+    resume: Resume,
+}
+
+impl StreamRequest {
+    /// Reads a request to `route` (`c` or `sse`) for `queue`, given its
+    /// `Accept` and `Last-Event-ID` headers and its parameters.
+    fn new(
+        route: Route,
+        queue: QueueName,
+        accept: Option<&str>,
+        last_event_id: Option<&str>,
+        params: &Params,
+    ) -> Result<StreamRequest, Error> {
+        let sse = route == Route::Sse || accept.is_some_and(|a| a.contains("text/event-stream"));
+        if !sse {
+            return Ok(StreamRequest {
+                queue,
+                format: Format::Comet(params.callback()?),
+                resume: Resume::Live,
+            });
+        }
+        let last = last_event_id.or_else(|| params.text("last_event_id"));
+        let resume = match last.map(str::trim).filter(|id| !id.is_empty()) {
+            None => Resume::Live,
+            Some(key) => Resume::After(queue.parse_key(key).ok_or(Error::InvalidParameter {
+                name: "Last-Event-ID",
+                reason: "it must be the key of a message of this queue",
+            })?),
+        };
+        Ok(StreamRequest {
+            queue,
+            format: Format::Sse,
+            resume,
+        })
+    }
+
+    /// Subscribes; returns the stream and its content type.
+    fn start(self, state: &AppState) -> Result<(Streaming, &'static str), Error> {
+        let subscription = state.broker.subscribe(&self.queue, self.resume)?;
+        let (content_type, first) = match self.format {
+            Format::Sse => (
+                "text/event-stream",
+                // A first comment makes the response go out now, not with the
+                // first message.
+                Some(Bytes::from_static(b": restmq\n\n")),
+            ),
+            Format::Comet(_) => ("text/plain; charset=utf-8", None),
+        };
+        let streaming = Streaming {
+            subscription,
+            format: self.format,
+            first,
+            done: false,
+        };
+        Ok((streaming, content_type))
+    }
+}
+
+/// The two HTTP streaming routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `/c/<q>`: COMET, or SSE when accepted.
+    Comet,
+    /// `/sse/<q>`.
+    Sse,
+}
 
 /// `GET /c/<q>`: one `{"key","value"}` line per message (CRLF-ended), or JSONP
 /// lines with `callback=`; Server-Sent Events when the client accepts them.
@@ -38,20 +114,7 @@ pub async fn comet(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, Error> {
-    if accepts_event_stream(&headers) {
-        return event_stream(&state, &queue, &headers, &params);
-    }
-    let callback = params.callback()?;
-    let subscription = state.broker.subscribe(&queue, Resume::Live)?;
-    let body = Body::from_stream(chunks(subscription, Format::Comet(callback), None));
-    Ok((
-        [
-            (CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    respond(&state, Route::Comet, queue, &headers, &params)
 }
 
 /// `GET /sse/<q>`: Server-Sent Events, `id:` the key, `data:` the JSON message.
@@ -61,44 +124,28 @@ pub async fn sse(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, Error> {
-    event_stream(&state, &queue, &headers, &params)
+    respond(&state, Route::Sse, queue, &headers, &params)
 }
 
-fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
-}
-
-fn event_stream(
+fn respond(
     state: &AppState,
-    queue: &QueueName,
+    route: Route,
+    queue: QueueName,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Response, Error> {
-    let last = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-        .or_else(|| params.text("last_event_id"));
-    let resume = match last.map(str::trim).filter(|id| !id.is_empty()) {
-        None => Resume::Live,
-        Some(key) => Resume::After(queue.parse_key(key).ok_or(Error::InvalidParameter {
-            name: "Last-Event-ID",
-            reason: "it must be the key of a message of this queue",
-        })?),
-    };
-    let subscription = state.broker.subscribe(queue, resume)?;
-    // A first comment makes the response headers go out now, not with the first message.
-    let hello = Bytes::from_static(b": restmq\n\n");
-    let body = Body::from_stream(chunks(subscription, Format::Sse, Some(hello)));
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let request = StreamRequest::new(
+        route,
+        queue,
+        header(ACCEPT.as_str()),
+        header("last-event-id"),
+        params,
+    )?;
+    let (streaming, content_type) = request.start(state)?;
     Ok((
-        [
-            (CONTENT_TYPE, "text/event-stream"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        body,
+        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
+        Body::from_stream(body(streaming)),
     )
         .into_response())
 }
@@ -151,91 +198,268 @@ impl Format {
     }
 }
 
-/// What an HTTP stream still has to do.
+/// An HTTP stream in progress.
 struct Streaming {
     subscription: Subscription,
     format: Format,
     first: Option<Bytes>,
-    /// The messages of the last chunk returned. They count as written once the
-    /// connection asks for the next chunk, having taken that one; if it fails
-    /// first, they are dropped unwritten and go back to their queue.
-    sent: Vec<Held>,
     done: bool,
 }
 
-/// The body of a COMET or SSE response: chunks of framed messages, the messages
-/// already waiting gathered into one write.
-fn chunks(
-    subscription: Subscription,
-    format: Format,
-    first: Option<Bytes>,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
-    let state = Streaming {
-        subscription,
-        format,
-        first,
-        sent: Vec::new(),
-        done: false,
-    };
-    stream::unfold(state, |mut s| async move {
-        for held in s.sent.drain(..) {
+/// Bytes to send, with the messages they carry.
+struct Chunk {
+    bytes: Bytes,
+    held: Vec<Held>,
+}
+
+impl Chunk {
+    /// The connection took the chunk: its messages count as delivered.
+    fn written(self) {
+        for held in self.held {
             held.written();
         }
-        let chunk = next_chunk(&mut s).await?;
-        Some((Ok(chunk), s))
-    })
+    }
 }
 
-async fn next_chunk(s: &mut Streaming) -> Option<Bytes> {
-    if s.done {
-        return None;
-    }
-    let mut out = BytesMut::new();
-    if let Some(first) = s.first.take() {
-        out.extend_from_slice(&first);
-    }
-    if let Some((after, oldest)) = s.subscription.gap.take() {
-        s.format
-            .gap(&mut out, s.subscription.queue(), after, oldest.as_deref());
-    }
-    while let Some(streamed) = s.subscription.replay.pop_front() {
-        s.format.message(&mut out, &streamed);
-    }
-    if !out.is_empty() {
-        return Some(out.freeze());
-    }
-    let next = match s.format {
-        Format::Sse => match tokio::time::timeout(KEEP_ALIVE, s.subscription.next()).await {
-            Ok(next) => next,
-            Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
-        },
-        Format::Comet(_) => s.subscription.next().await,
-    };
-    match next {
-        Next::Message(held) => {
-            add(s, &mut out, held);
-            // Gathers what else is waiting into the same write.
-            for _ in 1..CHUNK_MESSAGES {
-                match s.subscription.try_next() {
-                    Some(held) => add(s, &mut out, held),
-                    None => break,
+impl Streaming {
+    /// The next chunk to send, the messages already waiting gathered into one;
+    /// `None` once the stream is over.
+    async fn next(&mut self) -> Option<Chunk> {
+        if self.done {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        let mut held = Vec::new();
+        if let Some(first) = self.first.take() {
+            out.extend_from_slice(&first);
+        }
+        if let Some((after, oldest)) = self.subscription.gap.take() {
+            let queue = self.subscription.queue().clone();
+            self.format.gap(&mut out, &queue, after, oldest.as_deref());
+        }
+        while let Some(streamed) = self.subscription.replay.pop_front() {
+            self.format.message(&mut out, &streamed);
+        }
+        if !out.is_empty() {
+            return Some(Chunk {
+                bytes: out.freeze(),
+                held,
+            });
+        }
+        let next = match self.format {
+            Format::Sse => match tokio::time::timeout(KEEP_ALIVE, self.subscription.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Some(Chunk {
+                        bytes: Bytes::from_static(b": keep-alive\n\n"),
+                        held,
+                    });
                 }
+            },
+            Format::Comet(_) => self.subscription.next().await,
+        };
+        match next {
+            Next::Message(first) => {
+                let mut add = |message: Held| {
+                    if let Some(streamed) = message.streamed() {
+                        self.format.message(&mut out, streamed);
+                    }
+                    held.push(message);
+                };
+                add(first);
+                // Gathers what else is waiting into the same write.
+                for _ in 1..CHUNK_MESSAGES {
+                    match self.subscription.try_next() {
+                        Some(message) => add(message),
+                        None => break,
+                    }
+                }
+                Some(Chunk {
+                    bytes: out.freeze(),
+                    held,
+                })
             }
-            Some(out.freeze())
+            Next::End(Some(End::Deleted)) => {
+                self.done = true;
+                Some(Chunk {
+                    bytes: self.format.deleted(),
+                    held,
+                })
+            }
+            Next::End(_) => None,
         }
-        Next::End(Some(End::Deleted)) => {
-            s.done = true;
-            Some(s.format.deleted())
-        }
-        Next::End(_) => None,
     }
 }
 
-fn add(s: &mut Streaming, out: &mut BytesMut, held: Held) {
-    if let Some(streamed) = held.streamed() {
-        s.format.message(out, streamed);
+/// The body of a COMET or SSE response served by hyper.
+///
+/// A chunk's messages count as written once hyper asks for the next chunk,
+/// having taken that one; if the connection fails first, they are dropped
+/// unwritten and go back to their queue.
+fn body(
+    streaming: Streaming,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
+    stream::unfold(
+        (streaming, None::<Chunk>),
+        |(mut streaming, sent)| async move {
+            if let Some(sent) = sent {
+                sent.written();
+            }
+            let chunk = streaming.next().await?;
+            let bytes = chunk.bytes.clone();
+            Some((Ok(bytes), (streaming, Some(chunk))))
+        },
+    )
+}
+
+/// Whether a new connection's first request opens a COMET or SSE stream that
+/// [`serve_raw`] can answer: its request line arrived whole, and is
+/// `GET /c/…` or `GET /sse/…` over HTTP/1.1. Reads nothing: it only peeks.
+pub async fn opens_stream(socket: &TcpStream) -> bool {
+    let mut buf = vec![0u8; PEEK_BYTES];
+    let Ok(n) = socket.peek(&mut buf).await else {
+        return false;
+    };
+    let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let line = &buf[..end];
+    (line.starts_with(b"GET /c/") || line.starts_with(b"GET /sse/")) && line.ends_with(b" HTTP/1.1")
+}
+
+/// Serves a connection whose first request opens a stream, directly on the
+/// socket: reads the request's head, answers with a chunked stream, and closes
+/// the connection when the stream ends.
+pub async fn serve_raw(mut socket: TcpStream, state: AppState) {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
+        Ok(Some(head)) => head,
+        Ok(None) | Err(_) => return,
+    };
+    let started = raw_request(&head).and_then(|request| request.start(&state));
+    drop(head);
+    let (mut streaming, content_type) = match started {
+        Ok(started) => started,
+        Err(error) => return answer_error(&mut socket, &error).await,
+    };
+    let response_head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\n\
+         transfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    );
+    if socket.write_all(response_head.as_bytes()).await.is_err() {
+        return;
     }
-    s.sent.push(held);
+    let (mut reader, mut writer) = socket.split();
+    loop {
+        let chunk = tokio::select! {
+            chunk = streaming.next() => chunk,
+            () = closed(&mut reader) => return,
+        };
+        let Some(chunk) = chunk else { break };
+        let mut framed = BytesMut::with_capacity(chunk.bytes.len() + 16);
+        framed.extend_from_slice(format!("{:x}\r\n", chunk.bytes.len()).as_bytes());
+        framed.extend_from_slice(&chunk.bytes);
+        framed.extend_from_slice(b"\r\n");
+        // A failed write drops the chunk unwritten: its messages go back.
+        if writer.write_all(&framed).await.is_err() {
+            return;
+        }
+        chunk.written();
+    }
+    let _ = writer.write_all(b"0\r\n\r\n").await;
+}
+
+/// Bytes of a new connection peeked at to recognise a stream request.
+const PEEK_BYTES: usize = 1024;
+/// Largest request head a raw stream request may have.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long the client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the request head (up to the blank line); `None` if the client goes
+/// away or sends more than [`MAX_HEAD`] bytes of it.
+async fn read_head(socket: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(PEEK_BYTES);
+    let mut buf = [0u8; 512];
+    loop {
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Some(head);
+        }
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+}
+
+/// Reads a raw stream request's head as the routes would.
+fn raw_request(head: &[u8]) -> Result<StreamRequest, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(Error::BadBody("malformed request head".into()));
+        }
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (route, raw_queue) = if let Some(rest) = path.strip_prefix("/c/") {
+        (Route::Comet, rest)
+    } else if let Some(rest) = path.strip_prefix("/sse/") {
+        (Route::Sse, rest)
+    } else {
+        return Err(Error::NotFound);
+    };
+    let name = percent_decode_str(raw_queue)
+        .decode_utf8()
+        .map_err(|_| Error::InvalidQueueName("it is not valid UTF-8 once percent-decoded"))?;
+    let queue = QueueName::parse(&name)?;
+    let params = Params::from_query(query)?;
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
+    };
+    StreamRequest::new(
+        route,
+        queue,
+        header("accept"),
+        header("last-event-id"),
+        &params,
+    )
+}
+
+/// Answers a refused raw stream request as the routes would, then closes.
+async fn answer_error(socket: &mut TcpStream, error: &Error) {
+    let status = error.status();
+    let body = serde_json::json!({ "error": error.to_string() }).to_string();
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = socket.write_all(response.as_bytes()).await;
+}
+
+/// Resolves when the client closes its side (or the connection fails); what a
+/// client sends on a stream connection is read and ignored.
+async fn closed(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// `GET /ws/<q>`: a WebSocket carrying each message as a text frame
@@ -247,7 +471,13 @@ pub async fn websocket(
 ) -> Result<Response, Error> {
     let upgrade = upgrade.map_err(|_| Error::UpgradeRequired)?;
     let subscription = state.broker.subscribe(&queue, Resume::Live)?;
-    Ok(upgrade.on_upgrade(move |socket| websocket_session(socket, subscription)))
+    Ok(upgrade
+        // tungstenite's defaults allocate 128 KiB per connection up front; frames
+        // here are small and each send is flushed.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(state.max_body)
+        .on_upgrade(move |socket| websocket_session(socket, subscription)))
 }
 
 async fn websocket_session(socket: WebSocket, mut subscription: Subscription) {
