@@ -661,8 +661,18 @@ async fn sigterm_ends_streams_and_exits() {
     assert!(sent.success());
     // The streams end cleanly (no error, just the end)...
     let rest = tokio::time::timeout(common::DEADLINE, async {
-        while comet.chunk().await.expect("a clean end of the COMET stream").is_some() {}
-        while sse.chunk().await.expect("a clean end of the SSE stream").is_some() {}
+        while comet
+            .chunk()
+            .await
+            .expect("a clean end of the COMET stream")
+            .is_some()
+        {}
+        while sse
+            .chunk()
+            .await
+            .expect("a clean end of the SSE stream")
+            .is_some()
+        {}
     })
     .await;
     assert!(rest.is_ok(), "the streams did not end after SIGTERM");
@@ -679,6 +689,10 @@ async fn sigterm_ends_streams_and_exits() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(status.success(), "exit status {status}:\n{}", server.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        server.log_text()
+    );
     assert!(server.log_text().contains("restmq stopped"));
 }
