@@ -487,3 +487,115 @@ async fn a_raw_http_client_sees_a_chunked_comet_stream() {
         "{text}"
     );
 }
+
+/// Reads from `socket` until what arrived contains `needle`; returns all of it.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} did not arrive; got {text:?}"))
+            .expect("a readable socket");
+        assert!(n > 0, "closed before {needle:?} arrived; got {text:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn streams_opened_on_a_used_connection_are_served_too() {
+    // The first request of this connection is a publish, so the stream that follows
+    // is served by hyper rather than directly on the socket.
+    let server = TestServer::start().await;
+    let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+    socket
+        .write_all(
+            b"POST /q/used HTTP/1.1\r\nHost: restmq\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nvalue=one",
+        )
+        .await
+        .expect("publish");
+    read_until(&mut socket, "used:1\r\n").await;
+    socket
+        .write_all(b"GET /c/used HTTP/1.1\r\nHost: restmq\r\n\r\n")
+        .await
+        .expect("open a stream");
+    let text = read_until(&mut socket, "{\"key\":\"used:1\",\"value\":\"one\"}\r\n").await;
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    server.publish("used", "two").await;
+    read_until(&mut socket, "{\"key\":\"used:2\",\"value\":\"two\"}\r\n").await;
+
+    let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+    socket
+        .write_all(b"GET /stats/used HTTP/1.1\r\nHost: restmq\r\n\r\n")
+        .await
+        .expect("stats");
+    read_until(&mut socket, "\"consumers\":1").await;
+    socket
+        .write_all(b"GET /sse/used HTTP/1.1\r\nHost: restmq\r\nLast-Event-ID: used:1\r\n\r\n")
+        .await
+        .expect("open an SSE stream");
+    read_until(
+        &mut socket,
+        "id: used:2\ndata: {\"key\":\"used:2\",\"value\":\"two\"}\n\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_stream_requests_get_json_errors_on_either_path() {
+    let server = TestServer::start().await;
+    for (request, status, error) in [
+        (
+            "GET /c/%FF HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "invalid queue name",
+        ),
+        (
+            "GET /c/q?callback=alert(1) HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "invalid callback",
+        ),
+        (
+            "GET /sse/q HTTP/1.1\r\nHost: x\r\nLast-Event-ID: other:1\r\n\r\n",
+            "400",
+            "invalid parameter Last-Event-ID",
+        ),
+        (
+            "GET /c/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "invalid queue name",
+        ),
+    ] {
+        // Directly on the socket (a connection's first request)...
+        let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let text = read_until(&mut socket, "\"}").await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {text}"
+        );
+        assert!(
+            text.contains(&format!("{{\"error\":\"{error}")),
+            "{request:?}: {text}"
+        );
+        // ...and through the routes (a later request of a connection).
+        let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+        socket
+            .write_all(b"GET /stats/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        read_until(&mut socket, "\"count\"").await;
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let text = read_until(&mut socket, &format!("{{\"error\":\"{error}")).await;
+        assert!(
+            text.contains(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {text}"
+        );
+    }
+    assert_eq!(server.get("/stats/q").await.json()["consumers"], 0);
+}

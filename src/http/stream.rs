@@ -343,7 +343,7 @@ pub async fn serve_raw(mut socket: TcpStream, state: AppState) {
     };
     let response_head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\n\
-         transfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+         transfer-encoding: chunked\r\nconnection: close\r\ndate: {}\r\n\r\n",
         httpdate::fmt_http_date(std::time::SystemTime::now())
     );
     if socket.write_all(response_head.as_bytes()).await.is_err() {

@@ -235,9 +235,15 @@ pub struct Event {
 }
 
 impl Streaming {
-    /// `GET path` with extra headers, kept open.
+    /// `GET path` with extra headers on a new connection, kept open. (A stream
+    /// opened as a connection's first request is served directly on the socket;
+    /// `tests/streaming.rs` also opens some on a used connection, served by hyper.)
     pub async fn open(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Streaming {
-        let mut request = server.client.get(server.url(path));
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("an HTTP client");
+        let mut request = fresh.get(server.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
