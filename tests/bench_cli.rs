@@ -4,7 +4,7 @@ mod common;
 
 use clap::Parser;
 use common::TestServer;
-use restmq::bench::{self, BenchArgs, BenchError, Phase};
+use restmq::bench::{self, BenchArgs, BenchError, FanoutReport, Phase, Transport};
 
 /// Parses `restmq bench` options the way the binary does.
 #[derive(Parser)]
@@ -130,4 +130,130 @@ async fn reports_a_server_that_is_down() {
     let args = bench_args(&["--server", &format!("http://{addr}"), "--duration", "1"]);
     let error = bench::measure(&args).await.expect_err("nothing listens");
     assert!(matches!(error, BenchError::Connect { .. }), "{error:?}");
+}
+
+/// Runs `--mode fanout` with 3 subscribers and 20 messages, plus `extra` options.
+async fn fan_out(server: &TestServer, transport: &str, extra: &[&str]) -> FanoutReport {
+    let url = format!("http://{}", server.addr);
+    let mut options = vec![
+        "--server",
+        &url,
+        "--mode",
+        "fanout",
+        "--transport",
+        transport,
+        "--subscribers",
+        "3",
+        "--messages",
+        "20",
+    ];
+    options.extend_from_slice(extra);
+    let report = bench::measure_fanout(&bench_args(&options))
+        .await
+        .expect("the fan-out runs");
+    assert_eq!(report.subscribers, 3, "{report:#?}");
+    assert_eq!(report.connected, 3, "{report:#?}");
+    assert_eq!(report.publish.ok, 20, "{report:#?}");
+    assert_eq!(
+        report.publish.errors + report.publish.other,
+        0,
+        "{report:#?}"
+    );
+    assert_eq!(
+        report.complete_subscribers, 3,
+        "every subscriber gets every message, in order: {report:#?}"
+    );
+    assert_eq!(report.deliveries, 60, "{report:#?}");
+    assert_eq!(report.expected_deliveries, 60, "{report:#?}");
+    assert_eq!(report.malformed, 0, "{report:#?}");
+    assert!(report.first_incomplete.is_none(), "{report:#?}");
+    assert!(
+        report.p50_ms.is_some(),
+        "latencies are measured: {report:#?}"
+    );
+    assert!(report.p99_ms >= report.p50_ms && report.max_ms >= report.p99_ms);
+    assert!(report.elapsed_secs > 0.0 && report.deliveries_per_sec > 0.0);
+    // Broadcast hands each message out once: nothing is left in the queue.
+    assert_eq!(server.pop(&report.queue).await, None, "{report:#?}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fans_out_over_server_sent_events() {
+    let server = TestServer::start().await;
+    let report = fan_out(&server, "sse", &[]).await;
+    assert_eq!(report.transport, Transport::Sse);
+    assert!(
+        report.queue.starts_with("fanout-"),
+        "a fresh queue: {report:?}"
+    );
+    assert_eq!(report.connections, 1, "one publisher by default");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fans_out_over_websockets() {
+    let server = TestServer::start().await;
+    let report = fan_out(&server, "ws", &["--connections", "2"]).await;
+    assert_eq!(report.transport, Transport::Ws);
+    assert_eq!(report.connections, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fan_out_ignores_what_a_reused_queue_held() {
+    let server = TestServer::start().await;
+    // Waiting with no consumer, it goes to the first subscriber to connect.
+    server.publish("fanout-reused", "from an earlier run").await;
+    let report = fan_out(&server, "sse", &["--queue", "fanout-reused"]).await;
+    assert_eq!(report.queue, "fanout-reused");
+    // Whichever subscribers were connected when the dispatcher took it got it.
+    assert!((1..=3).contains(&report.foreign), "{report:#?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn measure_refuses_the_fan_out() {
+    let args = bench_args(&["--mode", "fanout"]);
+    let error = bench::measure(&args).await.expect_err("not its mode");
+    assert!(matches!(error, BenchError::InvalidOption(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_fan_out_needs_room_for_its_stamp() {
+    let args = bench_args(&["--mode", "fanout", "--size", "10"]);
+    let error = bench::measure_fanout(&args).await.expect_err("too small");
+    assert!(error.to_string().contains("--size"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_reports_a_fan_out_as_json() {
+    let server = TestServer::start().await;
+    let url = format!("http://{}", server.addr);
+    // The server runs on this test's runtime: wait for the child off the runtime.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_restmq"))
+            .args(["bench", "--server", &url, "--mode", "fanout"])
+            .args(["--subscribers", "2", "--messages", "5", "--json"])
+            .output()
+    })
+    .await
+    .expect("the blocking task")
+    .expect("restmq runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(report["complete_subscribers"], 2, "{report:#}");
+    assert_eq!(report["deliveries"], 10, "{report:#}");
+    assert_eq!(report["transport"], "sse", "{report:#}");
+    assert!(
+        stderr.lines().any(|line| line.starts_with("deliver")),
+        "the table goes to stderr:\n{stderr}"
+    );
+    server.stop().await;
 }
