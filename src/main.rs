@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use restmq::bench::{self, BenchArgs};
@@ -34,7 +33,8 @@ struct Cli {
 enum Command {
     /// Serve the queues over HTTP (the default).
     Serve(ServeArgs),
-    /// Measure a running server: publish, then pop, from many connections.
+    /// Measure a running server: publish and pop from many connections, or fan-out
+    /// to many streaming subscribers (`--mode fanout`).
     Bench(BenchArgs),
 }
 
@@ -60,7 +60,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = restmq::open(&config)
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let listener = TcpListener::bind((args.listen.as_str(), args.port))
+    let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
     let addr = listener.local_addr()?;

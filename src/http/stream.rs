@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,8 @@ use crate::error::Error;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Read buffer of a WebSocket connection.
 const WS_READ_BUFFER: usize = 4096;
+/// Frames gathered before a WebSocket write, unless flushed first.
+const WS_WRITE_BUFFER: usize = 8192;
 /// Messages already waiting gathered into one write, at most.
 const CHUNK_MESSAGES: usize = 64;
 
@@ -473,9 +475,9 @@ pub async fn websocket(
     let subscription = state.broker.subscribe(&queue, Resume::Live)?;
     Ok(upgrade
         // tungstenite's defaults allocate 128 KiB per connection up front; frames
-        // here are small and each send is flushed.
+        // here are small, and a batch is flushed as a whole.
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(state.max_body)
         .on_upgrade(move |socket| websocket_session(socket, subscription)))
 }
@@ -485,14 +487,30 @@ async fn websocket_session(socket: WebSocket, mut subscription: Subscription) {
     loop {
         tokio::select! {
             next = subscription.next() => match next {
-                Next::Message(held) => {
-                    let Some(streamed) = held.streamed() else { continue };
-                    let text = String::from_utf8_lossy(&streamed.json).into_owned();
-                    // Dropped unwritten if the send fails: the message goes back.
-                    if sink.send(Frame::Text(text.into())).await.is_err() {
+                Next::Message(first) => {
+                    // What else is waiting goes out in the same write.
+                    let mut batch = vec![first];
+                    while batch.len() < CHUNK_MESSAGES {
+                        match subscription.try_next() {
+                            Some(held) => batch.push(held),
+                            None => break,
+                        }
+                    }
+                    for held in &batch {
+                        let text = held.streamed().and_then(|s| Utf8Bytes::try_from(s.json.clone()).ok());
+                        if let Some(text) = text {
+                            if sink.feed(Frame::Text(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Dropped unwritten if sending fails: the messages go back.
+                    if sink.flush().await.is_err() {
                         return;
                     }
-                    held.written();
+                    for held in batch {
+                        held.written();
+                    }
                 }
                 Next::End(Some(End::Deleted)) => {
                     let _ = sink.send(Frame::Text("null".into())).await;
