@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::broker::hub::StreamLimits;
+use crate::store::{RedisOptions, RedisTarget};
 
 /// Default limit of a request body, in bytes (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -43,6 +44,50 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub resume_buffer: u32,
 
+    /// Store the queues in Redis at this URL (`redis://host:port/db`) instead of
+    /// the embedded store. Repeat it, or give a comma-separated list, for a
+    /// consistent-hash ring of servers.
+    #[arg(
+        long = "redis",
+        env = "RESTMQ_REDIS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub redis: Vec<String>,
+
+    /// Store the queues in a Redis Cluster reached through these nodes.
+    #[arg(
+        long,
+        env = "RESTMQ_REDIS_CLUSTER",
+        value_delimiter = ',',
+        value_name = "URL",
+        conflicts_with = "redis"
+    )]
+    pub redis_cluster: Vec<String>,
+
+    /// Redis host, as the original RestMQ's option (same as --redis redis://HOST:PORT/DB).
+    #[arg(long, env = "RESTMQ_REDIS_HOST", conflicts_with_all = ["redis", "redis_cluster"])]
+    pub redis_host: Option<String>,
+
+    /// Redis port, with --redis-host (the original's option).
+    #[arg(long, env = "RESTMQ_REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+
+    /// Redis database, with --redis-host (the original's option).
+    #[arg(long, env = "RESTMQ_REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+
+    /// Connections to each Redis server (each carries many requests at once).
+    #[arg(long, env = "RESTMQ_REDIS_POOL", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub redis_pool: u32,
+
+    /// Longest wait for Redis to connect or answer, in milliseconds; past it the
+    /// request gets 503.
+    #[arg(long, env = "RESTMQ_REDIS_TIMEOUT", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub redis_timeout: u64,
+
     /// Acknowledge changes once written to the operating system, without waiting
     /// for the disk (no fsync). A crash of restmq still loses nothing; a crash of
     /// the machine can lose the changes of the last seconds.
@@ -50,9 +95,22 @@ pub struct ServeArgs {
     pub no_fsync: bool,
 }
 
+/// Where the queues are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The embedded store in [`Config::data_dir`].
+    Embedded,
+    /// Redis.
+    Redis(RedisTarget),
+}
+
 /// Validated settings of a server.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the queues are stored.
+    pub storage: Storage,
+    /// How to reach Redis, when the queues are there.
+    pub redis: RedisOptions,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
@@ -67,6 +125,8 @@ impl Config {
     /// Settings for a store in `data_dir` with every other option at its default.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
         Config {
+            storage: Storage::Embedded,
+            redis: RedisOptions::default(),
             data_dir: data_dir.into(),
             max_body: DEFAULT_MAX_BODY,
             fsync: true,
@@ -77,7 +137,22 @@ impl Config {
 
 impl From<&ServeArgs> for Config {
     fn from(args: &ServeArgs) -> Config {
+        let storage = if !args.redis_cluster.is_empty() {
+            Storage::Redis(RedisTarget::Cluster(args.redis_cluster.clone()))
+        } else if !args.redis.is_empty() {
+            Storage::Redis(RedisTarget::Ring(args.redis.clone()))
+        } else if let Some(host) = &args.redis_host {
+            let url = format!("redis://{host}:{}/{}", args.redis_port, args.redis_db);
+            Storage::Redis(RedisTarget::Ring(vec![url]))
+        } else {
+            Storage::Embedded
+        };
         Config {
+            storage,
+            redis: RedisOptions {
+                pool: args.redis_pool as usize,
+                timeout: std::time::Duration::from_millis(args.redis_timeout),
+            },
             data_dir: args.data_dir.clone(),
             max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
             fsync: !args.no_fsync,

@@ -20,9 +20,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::error::Error;
-use crate::store::{EmbeddedOptions, EmbeddedStore};
+use crate::store::{EmbeddedOptions, EmbeddedStore, RedisStore};
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -33,21 +33,28 @@ pub struct AppState {
     pub max_body: usize,
 }
 
-/// Opens the store described by `config` and builds the server's state.
+/// Opens the store described by `config` and builds the server's state. The
+/// Redis store connects lazily: it opens even while Redis is unreachable.
 pub async fn open(config: &Config) -> Result<AppState, Error> {
-    let dir = config.data_dir.clone();
-    let options = EmbeddedOptions {
-        fsync: config.fsync,
+    let store: Arc<dyn store::Store> = match &config.storage {
+        Storage::Embedded => {
+            let dir = config.data_dir.clone();
+            let options = EmbeddedOptions {
+                fsync: config.fsync,
+            };
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options))
+                .await
+                .map_err(|e| {
+                    Error::Store(store::StoreError::Unavailable(format!(
+                        "opening the store failed: {e}"
+                    )))
+                })??;
+            Arc::new(store)
+        }
+        Storage::Redis(target) => Arc::new(RedisStore::open(target, &config.redis)?),
     };
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options))
-        .await
-        .map_err(|e| {
-            Error::Store(store::StoreError::Unavailable(format!(
-                "opening the store failed: {e}"
-            )))
-        })??;
     Ok(AppState {
-        broker: Broker::new(Arc::new(store), config.streams),
+        broker: Broker::new(store, config.streams),
         max_body: config.max_body,
     })
 }

@@ -59,14 +59,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from(&args);
     let state = restmq::open(&config)
         .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        .context("cannot open the store")?;
     let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
-        data_dir = %config.data_dir.display(),
+        store = %state.broker.describe(),
         fsync = config.fsync,
         "restmq listening on http://{addr}/"
     );

@@ -2,16 +2,17 @@
 
 mod common;
 
-use common::{Answer, TestServer};
+use common::{Answer, Backend, TestServer};
 use serde_json::{Value, json};
 
 async fn command(server: &TestServer, body: &str) -> Answer {
     server.post_form("/queue", &[("body", body)]).await
 }
 
-#[tokio::test]
-async fn add_get_take_del() {
-    let server = TestServer::start().await;
+async fn add_get_take_del(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let added = command(&server, r#"{"cmd":"add","queue":"jq","value":" spaced "}"#).await;
     assert_eq!(added.status, 200);
     assert_eq!(added.content_type, "application/json");
@@ -55,10 +56,11 @@ async fn add_get_take_del() {
     assert_eq!(empty.json(), json!({"error": "empty queue"}));
 }
 
-#[tokio::test]
-async fn del_removes_the_message_from_the_queue() {
+async fn del_removes_the_message_from_the_queue(backend: Backend) {
     // The original deleted only the value, leaving an entry that later popped as null.
-    let server = TestServer::start().await;
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("d", "one").await;
     server.publish("d", "two").await;
     server.publish("d", "three").await;
@@ -70,9 +72,10 @@ async fn del_removes_the_message_from_the_queue() {
     assert_eq!(server.pop("d").await, None);
 }
 
-#[tokio::test]
-async fn del_with_a_foreign_or_bogus_key_deletes_nothing() {
-    let server = TestServer::start().await;
+async fn del_with_a_foreign_or_bogus_key_deletes_nothing(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("mine", "m").await;
     server.publish("other", "o").await;
     for key in [
@@ -89,9 +92,10 @@ async fn del_with_a_foreign_or_bogus_key_deletes_nothing() {
     assert_eq!(server.get("/stats/other").await.json()["len"], 1);
 }
 
-#[tokio::test]
-async fn commands_may_come_as_msg_or_as_a_json_body() {
-    let server = TestServer::start().await;
+async fn commands_may_come_as_msg_or_as_a_json_body(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server
         .post_form(
             "/queue",
@@ -115,9 +119,10 @@ async fn commands_may_come_as_msg_or_as_a_json_body() {
     );
 }
 
-#[tokio::test]
-async fn soft_errors_answer_200_with_an_error_field() {
-    let server = TestServer::start().await;
+async fn soft_errors_answer_200_with_an_error_field(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let cases: &[(&str, Value)] = &[
         (
             r#"{"cmd":"fly","queue":"q"}"#,
@@ -164,9 +169,10 @@ async fn soft_errors_answer_200_with_an_error_field() {
     assert_eq!(server.get("/stats/").await.json()["count"], 0);
 }
 
-#[tokio::test]
-async fn malformed_commands_get_400() {
-    let server = TestServer::start().await;
+async fn malformed_commands_get_400(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for body in [
         "{not json",
         "[1,2]",
@@ -197,9 +203,10 @@ async fn malformed_commands_get_400() {
     assert_eq!(server.get("/stats/").await.json()["count"], 0);
 }
 
-#[tokio::test]
-async fn get_queue_redirects_to_the_help_page() {
-    let server = TestServer::start().await;
+async fn get_queue_redirects_to_the_help_page(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -215,3 +222,13 @@ async fn get_queue_redirects_to_the_help_page() {
     assert_eq!(help.status, 200);
     assert!(help.body.contains("\"cmd\""));
 }
+
+conformance!(
+    add_get_take_del,
+    del_removes_the_message_from_the_queue,
+    del_with_a_foreign_or_bogus_key_deletes_nothing,
+    commands_may_come_as_msg_or_as_a_json_body,
+    soft_errors_answer_200_with_an_error_field,
+    malformed_commands_get_400,
+    get_queue_redirects_to_the_help_page,
+);

@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{TestServer, eventually};
+use common::{Backend, TestServer, eventually};
 use serde_json::json;
 
-#[tokio::test]
-async fn post_answers_the_key_as_a_crlf_line() {
-    let server = TestServer::start().await;
+async fn post_answers_the_key_as_a_crlf_line(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server.post_form("/q/jobs", &[("value", "hello")]).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "jobs:1\r\n");
@@ -22,9 +23,10 @@ async fn post_answers_the_key_as_a_crlf_line() {
     assert_eq!(server.publish("other", "x").await, "other:1");
 }
 
-#[tokio::test]
-async fn msg_wins_over_value_and_whitespace_is_stripped() {
-    let server = TestServer::start().await;
+async fn msg_wins_over_value_and_whitespace_is_stripped(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server
         .post_form("/q/q", &[("value", "from value"), ("msg", "  from msg \n")])
         .await;
@@ -40,9 +42,10 @@ async fn msg_wins_over_value_and_whitespace_is_stripped() {
     assert_eq!(server.pop("q").await, Some(("q:2".into(), "v".into())));
 }
 
-#[tokio::test]
-async fn values_are_opaque_strings() {
-    let server = TestServer::start().await;
+async fn values_are_opaque_strings(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for value in [
         "42",
         "1.5e3",
@@ -58,9 +61,10 @@ async fn values_are_opaque_strings() {
     }
 }
 
-#[tokio::test]
-async fn pop_is_fifo_and_answers_204_when_empty() {
-    let server = TestServer::start().await;
+async fn pop_is_fifo_and_answers_204_when_empty(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for i in 1..=5 {
         server.publish("fifo", &format!("m{i}")).await;
     }
@@ -82,9 +86,10 @@ async fn pop_is_fifo_and_answers_204_when_empty() {
     assert_eq!(server.get("/q/never").await.status, 204);
 }
 
-#[tokio::test]
-async fn jsonp_wraps_answers_of_q() {
-    let server = TestServer::start().await;
+async fn jsonp_wraps_answers_of_q(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server
         .post_form("/q/cbq?callback=app.got", &[("value", "x")])
         .await;
@@ -100,9 +105,10 @@ async fn jsonp_wraps_answers_of_q() {
     assert_eq!(answer.body, "cb({\"queue\":\"cbq\",\"status\":1});\r\n");
 }
 
-#[tokio::test]
-async fn a_hostile_callback_is_refused_and_changes_nothing() {
-    let server = TestServer::start().await;
+async fn a_hostile_callback_is_refused_and_changes_nothing(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for callback in ["alert(1)", "a-b", "1x", "a..b", "<script>"] {
         let path = format!("/q/safe?callback={}", urlencode(callback));
         let answer = server.post_form(&path, &[("value", "x")]).await;
@@ -118,9 +124,10 @@ async fn a_hostile_callback_is_refused_and_changes_nothing() {
     assert_eq!(server.publish("safe", "ok").await, "safe:1");
 }
 
-#[tokio::test]
-async fn index_routes_publish_pop_and_redirect() {
-    let server = TestServer::start().await;
+async fn index_routes_publish_pop_and_redirect(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server
         .post_form("/", &[("queue", "idx"), ("value", "a")])
         .await;
@@ -163,9 +170,10 @@ async fn index_routes_publish_pop_and_redirect() {
     assert_eq!(server.get("/static/nope.js").await.status, 404);
 }
 
-#[tokio::test]
-async fn delete_purges_keeps_the_queue_listed_and_the_numbering() {
-    let server = TestServer::start().await;
+async fn delete_purges_keeps_the_queue_listed_and_the_numbering(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("p", "1").await;
     server.publish("p", "2").await;
     let answer = server.delete("/q/p").await;
@@ -186,9 +194,10 @@ async fn delete_purges_keeps_the_queue_listed_and_the_numbering() {
     );
 }
 
-#[tokio::test]
-async fn queue_list_in_html_and_json() {
-    let server = TestServer::start().await;
+async fn queue_list_in_html_and_json(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for q in ["b", "a/b", "with space", "<x>"] {
         server.publish(&urlencode(q), "v").await;
     }
@@ -213,9 +222,10 @@ async fn queue_list_in_html_and_json() {
     );
 }
 
-#[tokio::test]
-async fn policies_get_and_set() {
-    let server = TestServer::start().await;
+async fn policies_get_and_set(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server.get("/p/pol").await;
     assert_eq!(answer.json(), json!({"queue": "pol", "value": "unknown"}));
     assert!(answer.body.ends_with("\r\n"));
@@ -243,9 +253,10 @@ async fn policies_get_and_set() {
     assert_eq!(server.get("/stats/").await.json()["count"], 0);
 }
 
-#[tokio::test]
-async fn control_reads_and_sets_the_status() {
-    let server = TestServer::start().await;
+async fn control_reads_and_sets_the_status(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server.get("/control/c").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.content_type, "application/json");
@@ -283,9 +294,10 @@ async fn control_reads_and_sets_the_status() {
     assert_eq!(all["queues"].as_object().map(|m| m.len()), Some(2));
 }
 
-#[tokio::test]
-async fn a_queue_stopped_before_its_first_message_stays_stopped() {
-    let server = TestServer::start().await;
+async fn a_queue_stopped_before_its_first_message_stays_stopped(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server
         .post_form("/control/early", &[("status", "stop")])
         .await;
@@ -296,9 +308,10 @@ async fn a_queue_stopped_before_its_first_message_stays_stopped() {
     );
 }
 
-#[tokio::test]
-async fn stats_of_all_queues_and_of_one() {
-    let server = TestServer::start().await;
+async fn stats_of_all_queues_and_of_one(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("s1", "a").await;
     server.publish("s1", "b").await;
     server.publish("s2", "c").await;
@@ -337,9 +350,10 @@ async fn stats_of_all_queues_and_of_one() {
     );
 }
 
-#[tokio::test]
-async fn job_view_lists_the_newest_messages_escaped() {
-    let server = TestServer::start().await;
+async fn job_view_lists_the_newest_messages_escaped(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for i in 1..=12 {
         server.publish("jv", &format!("job {i}")).await;
     }
@@ -359,9 +373,10 @@ async fn job_view_lists_the_newest_messages_escaped() {
     assert_eq!(page.body.matches("<li>").count(), 10);
 }
 
-#[tokio::test]
-async fn ttl_expired_messages_are_never_delivered() {
-    let server = TestServer::start().await;
+async fn ttl_expired_messages_are_never_delivered(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let short = server
         .post_form("/q/ttl", &[("value", "short"), ("ttl", "1")])
         .await;
@@ -381,9 +396,10 @@ async fn ttl_expired_messages_are_never_delivered() {
     assert_eq!(server.pop("ttl").await, None);
 }
 
-#[tokio::test]
-async fn bad_publishes_get_400_and_change_nothing() {
-    let server = TestServer::start().await;
+async fn bad_publishes_get_400_and_change_nothing(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("bad", "first").await;
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
@@ -430,9 +446,10 @@ async fn bad_publishes_get_400_and_change_nothing() {
     assert_eq!(server.publish("bad", "second").await, "bad:2");
 }
 
-#[tokio::test]
-async fn bad_queue_names_get_400() {
-    let server = TestServer::start().await;
+async fn bad_queue_names_get_400(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let long = "x".repeat(257);
     let paths = [
         format!("/q/{long}"),
@@ -473,9 +490,10 @@ async fn bad_queue_names_get_400() {
     assert_eq!(server.get("/stats/").await.json()["count"], 2);
 }
 
-#[tokio::test]
-async fn invalid_utf8_in_a_form_is_refused() {
-    let server = TestServer::start().await;
+async fn invalid_utf8_in_a_form_is_refused(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let answer = server
         .post_raw(
             "/q/utf",
@@ -489,12 +507,10 @@ async fn invalid_utf8_in_a_form_is_refused() {
     assert_eq!(server.get("/stats/utf").await.json()["len"], 0);
 }
 
-#[tokio::test]
-async fn oversized_bodies_get_413() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = restmq::config::Config::new(dir.path());
-    config.max_body = 1024;
-    let server = TestServer::start_with(config, Some(dir)).await;
+async fn oversized_bodies_get_413(backend: Backend) {
+    let Some(server) = TestServer::configured(backend, |c| c.max_body = 1024).await else {
+        return;
+    };
     let big = format!("value={}", "x".repeat(2000));
     let answer = server
         .post_raw("/q/big", "application/x-www-form-urlencoded", big)
@@ -512,9 +528,10 @@ async fn oversized_bodies_get_413() {
     assert_eq!(server.get("/stats/big").await.json()["len"], 1);
 }
 
-#[tokio::test]
-async fn the_default_body_limit_is_one_mebibyte() {
-    let server = TestServer::start().await;
+async fn the_default_body_limit_is_one_mebibyte(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let over = format!("value={}", "x".repeat(1024 * 1024));
     let answer = server
         .post_raw("/q/big", "application/x-www-form-urlencoded", over)
@@ -527,9 +544,10 @@ async fn the_default_body_limit_is_one_mebibyte() {
     assert_eq!(answer.status, 200);
 }
 
-#[tokio::test]
-async fn wrong_methods_get_405_and_unknown_routes_404_in_json() {
-    let server = TestServer::start().await;
+async fn wrong_methods_get_405_and_unknown_routes_404_in_json(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let client = &server.client;
     let cases = [
         (reqwest::Method::PUT, "/q/x"),
@@ -570,3 +588,27 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+conformance!(
+    post_answers_the_key_as_a_crlf_line,
+    msg_wins_over_value_and_whitespace_is_stripped,
+    values_are_opaque_strings,
+    pop_is_fifo_and_answers_204_when_empty,
+    jsonp_wraps_answers_of_q,
+    a_hostile_callback_is_refused_and_changes_nothing,
+    index_routes_publish_pop_and_redirect,
+    delete_purges_keeps_the_queue_listed_and_the_numbering,
+    queue_list_in_html_and_json,
+    policies_get_and_set,
+    control_reads_and_sets_the_status,
+    a_queue_stopped_before_its_first_message_stays_stopped,
+    stats_of_all_queues_and_of_one,
+    job_view_lists_the_newest_messages_escaped,
+    ttl_expired_messages_are_never_delivered,
+    bad_publishes_get_400_and_change_nothing,
+    bad_queue_names_get_400,
+    invalid_utf8_in_a_form_is_refused,
+    oversized_bodies_get_413,
+    the_default_body_limit_is_one_mebibyte,
+    wrong_methods_get_405_and_unknown_routes_404_in_json,
+);

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::{Answer, TestServer};
+use common::{Answer, Backend, TestServer};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -427,8 +427,8 @@ async fn run_case(
     (server, Ok(()))
 }
 
-#[test]
-fn http_answers_match_a_model_of_the_queues() {
+/// Runs the model test against `backend`.
+fn http_answers_match_a_model_of_the_queues(backend: Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -460,11 +460,15 @@ fn http_answers_match_a_model_of_the_queues() {
             let (server, outcome) = rt.block_on(async {
                 let server = match server {
                     Some(server) => server,
-                    None => TestServer::start().await,
+                    None => match TestServer::on(backend).await {
+                        Some(server) => server,
+                        None => return (None, Ok(())),
+                    },
                 };
-                run_case(server, case, &ops, &tally).await
+                let (server, outcome) = run_case(server, case, &ops, &tally).await;
+                (Some(server), outcome)
             });
-            *slot.borrow_mut() = Some(server);
+            *slot.borrow_mut() = server;
             outcome
         },
     );
@@ -472,7 +476,7 @@ fn http_answers_match_a_model_of_the_queues() {
         rt.block_on(server.stop());
     }
     eprintln!(
-        "model test: {} cases, {} operations ({} restarts) in {:?}; {tally:?}",
+        "model test ({backend:?}): {} cases, {} operations ({} restarts) in {:?}; {tally:?}",
         cases.load(Ordering::SeqCst),
         ops_run.load(Ordering::SeqCst),
         restarts.load(Ordering::SeqCst),
@@ -481,4 +485,24 @@ fn http_answers_match_a_model_of_the_queues() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[test]
+fn embedded() {
+    http_answers_match_a_model_of_the_queues(Backend::Embedded);
+}
+
+#[test]
+fn redis() {
+    http_answers_match_a_model_of_the_queues(Backend::Redis);
+}
+
+#[test]
+fn ring() {
+    http_answers_match_a_model_of_the_queues(Backend::Ring);
+}
+
+#[test]
+fn cluster() {
+    http_answers_match_a_model_of_the_queues(Backend::Cluster);
 }

@@ -2,12 +2,13 @@
 
 mod common;
 
-use common::TestServer;
+use common::{Backend, TestServer};
 use serde_json::json;
 
-#[tokio::test]
-async fn queues_survive_a_restart() {
-    let server = TestServer::start().await;
+async fn queues_survive_a_restart(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for i in 1..=3 {
         server.publish("keep", &format!("m{i}")).await;
     }
@@ -85,3 +86,5 @@ async fn requests_after_the_store_closed_get_503() {
         .expect_err("a closed store refuses writes");
     assert_eq!(error.status(), 503);
 }
+
+conformance!(queues_survive_a_restart);

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Streaming, TestServer, ws_text};
+use common::{Backend, Streaming, TestServer, ws_text};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,9 +20,10 @@ fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
 
-#[tokio::test]
-async fn broadcast_reaches_every_consumer_over_every_transport() {
-    let server = TestServer::start().await;
+async fn broadcast_reaches_every_consumer_over_every_transport(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut comets = vec![
         Streaming::comet(&server, "fan").await,
         Streaming::comet(&server, "fan").await,
@@ -67,9 +68,10 @@ async fn broadcast_reaches_every_consumer_over_every_transport() {
     assert_eq!(server.get("/q/fan").await.status, 204);
 }
 
-#[tokio::test]
-async fn comet_lines_end_with_crlf_and_jsonp_wraps_them() {
-    let server = TestServer::start().await;
+async fn comet_lines_end_with_crlf_and_jsonp_wraps_them(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut raw = Streaming::comet(&server, "lines").await;
     assert!(
         raw.content_type.starts_with("text/plain"),
@@ -92,9 +94,10 @@ async fn comet_lines_end_with_crlf_and_jsonp_wraps_them() {
     assert_eq!(bad.status, 400);
 }
 
-#[tokio::test]
-async fn roundrobin_spreads_messages_evenly() {
-    let server = TestServer::start().await;
+async fn roundrobin_spreads_messages_evenly(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.post_form("/p/rr", &[("policy", "roundrobin")]).await;
     let mut consumers = Vec::new();
     for _ in 0..3 {
@@ -118,9 +121,10 @@ async fn roundrobin_spreads_messages_evenly() {
     assert_eq!(seen.len(), 30);
 }
 
-#[tokio::test]
-async fn a_paused_queue_accumulates_and_resuming_delivers_the_backlog() {
-    let server = TestServer::start().await;
+async fn a_paused_queue_accumulates_and_resuming_delivers_the_backlog(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.post_form("/control/pz", &[("status", "stop")]).await;
     let mut consumer = Streaming::comet(&server, "pz").await;
     server.wait_consumers("pz", 1).await;
@@ -149,9 +153,10 @@ async fn a_paused_queue_accumulates_and_resuming_delivers_the_backlog() {
     }
 }
 
-#[tokio::test]
-async fn delete_ends_every_stream_after_a_last_null() {
-    let server = TestServer::start().await;
+async fn delete_ends_every_stream_after_a_last_null(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut comet = Streaming::comet(&server, "del").await;
     let mut jsonp = Streaming::open(&server, "/c/del?callback=cb", &[]).await;
     let mut sse = Streaming::sse(&server, "/sse/del", &[]).await;
@@ -195,9 +200,10 @@ async fn delete_ends_every_stream_after_a_last_null() {
     assert_eq!(server.publish("del", "after").await, "del:3");
 }
 
-#[tokio::test]
-async fn a_late_consumer_receives_the_backlog() {
-    let server = TestServer::start().await;
+async fn a_late_consumer_receives_the_backlog(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for i in 1..=5 {
         server.publish("late", &format!("m{i}")).await;
     }
@@ -212,9 +218,10 @@ async fn a_late_consumer_receives_the_backlog() {
     assert_eq!(consumer.message().await, ("late:6".into(), "live".into()));
 }
 
-#[tokio::test]
-async fn a_consumer_may_connect_before_its_queue_exists() {
-    let server = TestServer::start().await;
+async fn a_consumer_may_connect_before_its_queue_exists(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut socket = server.websocket("a/future%20queue").await;
     server.wait_consumers("a/future%20queue", 1).await;
     assert_eq!(server.get("/stats/").await.json()["count"], 0);
@@ -223,9 +230,10 @@ async fn a_consumer_may_connect_before_its_queue_exists() {
     assert_eq!(parse(&text), message_json("a/future queue:1", "first"));
 }
 
-#[tokio::test]
-async fn sse_resumes_after_the_last_event_id() {
-    let server = TestServer::start().await;
+async fn sse_resumes_after_the_last_event_id(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut first = Streaming::sse(&server, "/sse/r", &[]).await;
     server.wait_consumers("r", 1).await;
     for i in 1..=5 {
@@ -274,12 +282,11 @@ async fn sse_resumes_after_the_last_event_id() {
     }
 }
 
-#[tokio::test]
-async fn sse_says_when_the_resume_buffer_no_longer_reaches_back() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = restmq::config::Config::new(dir.path());
-    config.streams.resume_buffer = 2;
-    let server = TestServer::start_with(config, Some(dir)).await;
+async fn sse_says_when_the_resume_buffer_no_longer_reaches_back(backend: Backend) {
+    let Some(server) = TestServer::configured(backend, |c| c.streams.resume_buffer = 2).await
+    else {
+        return;
+    };
     let mut first = Streaming::sse(&server, "/sse/g", &[]).await;
     server.wait_consumers("g", 1).await;
     for i in 1..=5 {
@@ -299,9 +306,10 @@ async fn sse_says_when_the_resume_buffer_no_longer_reaches_back() {
     assert_eq!(resumed.event().await.map(|e| e.id), Some("g:5".into()));
 }
 
-#[tokio::test]
-async fn websockets_echo_what_clients_send() {
-    let server = TestServer::start().await;
+async fn websockets_echo_what_clients_send(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut socket = server.websocket("echo").await;
     socket
         .send(Frame::Text("hello".into()))
@@ -332,12 +340,11 @@ async fn stuck_consumer(server: &TestServer, queue: &str) -> TcpStream {
     socket
 }
 
-#[tokio::test]
-async fn a_slow_broadcast_consumer_is_disconnected_and_the_others_get_everything() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = restmq::config::Config::new(dir.path());
-    config.streams.consumer_buffer = 8;
-    let server = TestServer::start_with(config, Some(dir)).await;
+async fn a_slow_broadcast_consumer_is_disconnected_and_the_others_get_everything(backend: Backend) {
+    let Some(server) = TestServer::configured(backend, |c| c.streams.consumer_buffer = 8).await
+    else {
+        return;
+    };
     let stuck = stuck_consumer(&server, "slow").await;
     let mut reader = Streaming::comet(&server, "slow").await;
     server.wait_consumers("slow", 2).await;
@@ -364,9 +371,10 @@ async fn a_slow_broadcast_consumer_is_disconnected_and_the_others_get_everything
     drop(stuck);
 }
 
-#[tokio::test]
-async fn messages_buffered_for_a_consumer_that_vanishes_go_back_to_the_queue() {
-    let server = TestServer::start().await;
+async fn messages_buffered_for_a_consumer_that_vanishes_go_back_to_the_queue(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server
         .post_form("/p/gone", &[("policy", "roundrobin")])
         .await;
@@ -412,10 +420,11 @@ async fn messages_buffered_for_a_consumer_that_vanishes_go_back_to_the_queue() {
     assert_eq!(back, share[from..], "back in order, and nothing else");
 }
 
-#[tokio::test]
-async fn gets_and_streams_never_deliver_the_same_message() {
+async fn gets_and_streams_never_deliver_the_same_message(backend: Backend) {
     // GET keeps popping while streams run; the two never deliver the same message.
-    let server = TestServer::start().await;
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut stream = Streaming::comet(&server, "mix").await;
     server.wait_consumers("mix", 1).await;
     let mut got = HashSet::new();
@@ -431,9 +440,10 @@ async fn gets_and_streams_never_deliver_the_same_message() {
     }
 }
 
-#[tokio::test]
-async fn shutdown_ends_streams_cleanly() {
-    let server = TestServer::start().await;
+async fn shutdown_ends_streams_cleanly(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut comet = Streaming::comet(&server, "bye").await;
     let mut sse = Streaming::sse(&server, "/sse/bye", &[]).await;
     let mut socket = server.websocket("bye").await;
@@ -448,9 +458,10 @@ async fn shutdown_ends_streams_cleanly() {
     assert_eq!(ws_text(&mut socket).await, None);
 }
 
-#[tokio::test]
-async fn a_raw_http_client_sees_a_chunked_comet_stream() {
-    let server = TestServer::start().await;
+async fn a_raw_http_client_sees_a_chunked_comet_stream(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     server.publish("raw", "hello").await;
     let mut socket = TcpStream::connect(server.addr).await.expect("connect");
     socket
@@ -507,11 +518,12 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn streams_opened_on_a_used_connection_are_served_too() {
+async fn streams_opened_on_a_used_connection_are_served_too(backend: Backend) {
     // The first request of this connection is a publish, so the stream that follows
     // is served by hyper rather than directly on the socket.
-    let server = TestServer::start().await;
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     let mut socket = TcpStream::connect(server.addr).await.expect("connect");
     socket
         .write_all(
@@ -546,9 +558,10 @@ async fn streams_opened_on_a_used_connection_are_served_too() {
     .await;
 }
 
-#[tokio::test]
-async fn refused_stream_requests_get_json_errors_on_either_path() {
-    let server = TestServer::start().await;
+async fn refused_stream_requests_get_json_errors_on_either_path(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
     for (request, status, error) in [
         (
             "GET /c/%FF HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -599,3 +612,23 @@ async fn refused_stream_requests_get_json_errors_on_either_path() {
     }
     assert_eq!(server.get("/stats/q").await.json()["consumers"], 0);
 }
+
+conformance!(
+    broadcast_reaches_every_consumer_over_every_transport,
+    comet_lines_end_with_crlf_and_jsonp_wraps_them,
+    roundrobin_spreads_messages_evenly,
+    a_paused_queue_accumulates_and_resuming_delivers_the_backlog,
+    delete_ends_every_stream_after_a_last_null,
+    a_late_consumer_receives_the_backlog,
+    a_consumer_may_connect_before_its_queue_exists,
+    sse_resumes_after_the_last_event_id,
+    sse_says_when_the_resume_buffer_no_longer_reaches_back,
+    websockets_echo_what_clients_send,
+    a_slow_broadcast_consumer_is_disconnected_and_the_others_get_everything,
+    messages_buffered_for_a_consumer_that_vanishes_go_back_to_the_queue,
+    gets_and_streams_never_deliver_the_same_message,
+    shutdown_ends_streams_cleanly,
+    a_raw_http_client_sees_a_chunked_comet_stream,
+    streams_opened_on_a_used_connection_are_served_too,
+    refused_stream_requests_get_json_errors_on_either_path,
+);

@@ -108,7 +108,9 @@ pub struct Delivery {
     holders: AtomicUsize,
     /// Whether some consumer handed it to its connection.
     written: AtomicBool,
-    returns: mpsc::UnboundedSender<Return>,
+    /// Where it goes back if nobody writes it; `None` for a message another
+    /// server took from its queue and shared.
+    returns: Option<mpsc::UnboundedSender<Return>>,
 }
 
 impl Delivery {
@@ -153,10 +155,10 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(delivery) = self.0.take() {
-            if delivery.release() {
+            if let (true, Some(returns)) = (delivery.release(), &delivery.returns) {
                 // The receiving end lives as long as the hub; if it is gone the
                 // server is past shutdown and the store closed.
-                let _ = delivery.returns.send(Return::Message {
+                let _ = returns.send(Return::Message {
                     queue: delivery.queue.clone(),
                     message: delivery.message.clone(),
                 });
@@ -424,6 +426,39 @@ impl Hub {
         }
     }
 
+    /// Hands broadcast messages another server took from `queue` to this
+    /// server's consumers; nothing goes back to the queue from here.
+    pub fn deliver_shared(&self, queue: &QueueName, messages: Vec<Message>) {
+        let Some(slot) = read(&self.inner.slots).get(queue).cloned() else {
+            return;
+        };
+        let mut streams = slot.streams();
+        for message in messages {
+            let delivery = Arc::new(Delivery {
+                streamed: Arc::new(Streamed::new(&slot.name, &message)),
+                message,
+                queue: slot.name.clone(),
+                holders: AtomicUsize::new(0),
+                written: AtomicBool::new(false),
+                returns: None,
+            });
+            if broadcast(&mut streams, &delivery) {
+                remember(
+                    &mut streams,
+                    &delivery.streamed,
+                    self.inner.limits.resume_buffer,
+                );
+            }
+        }
+    }
+
+    /// Wakes every dispatcher: announcements may have been missed.
+    pub fn kick_all(&self) {
+        for slot in read(&self.inner.slots).values() {
+            slot.wake.notify_one();
+        }
+    }
+
     /// Consumers of `queue` connected now.
     pub fn consumers(&self, queue: &QueueName) -> usize {
         read(&self.inner.slots)
@@ -576,14 +611,15 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
                 .consumers
                 .retain(|c| !c.tx.is_closed() && c.link.ended().is_none());
             match policy {
-                // Every consumer gets every message: pop only when one has room.
-                Policy::Broadcast => {
-                    if streams.consumers.iter().any(|c| c.tx.capacity() > 0) {
-                        POP_BATCH
-                    } else {
-                        0
-                    }
-                }
+                // Every consumer gets every message: pop what the roomiest can
+                // take; one with less room that fills up is behind, and ends.
+                Policy::Broadcast => streams
+                    .consumers
+                    .iter()
+                    .map(|c| c.tx.capacity())
+                    .max()
+                    .unwrap_or(0)
+                    .min(POP_BATCH),
                 Policy::RoundRobin => streams
                     .consumers
                     .iter()
@@ -599,7 +635,17 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
         if messages.is_empty() {
             return Ok(());
         }
+        // Consumers of other servers sharing the store get broadcast messages too.
+        let shared = (policy == Policy::Broadcast && hub.store.shared()).then(|| messages.clone());
         let undelivered = hand_out(hub, slot, policy, messages);
+        if let Some(mut shared) = shared {
+            shared.retain(|m| !undelivered.iter().any(|u| u.id == m.id));
+            if !shared.is_empty() {
+                if let Err(e) = hub.store.share(queue, &shared).await {
+                    tracing::warn!(%queue, error = %e, "cannot share streamed messages");
+                }
+            }
+        }
         if !undelivered.is_empty() {
             // Nobody could take them: back at the head, for the next consumer.
             hub.store.restore(queue, undelivered).await?;
@@ -620,17 +666,14 @@ fn hand_out(hub: &Inner, slot: &Slot, policy: Policy, messages: Vec<Message>) ->
             // The dispatcher's own hold while it hands the message out.
             holders: AtomicUsize::new(1),
             written: AtomicBool::new(false),
-            returns: hub.returns.clone(),
+            returns: Some(hub.returns.clone()),
         });
         let taken = match policy {
             Policy::Broadcast => broadcast(&mut streams, &delivery),
             Policy::RoundRobin => round_robin(&mut streams, &delivery),
         };
         if taken {
-            streams.recent.push_back(delivery.streamed.clone());
-            while streams.recent.len() > hub.limits.resume_buffer {
-                streams.recent.pop_front();
-            }
+            remember(&mut streams, &delivery.streamed, hub.limits.resume_buffer);
         }
         // Dropping the dispatcher's hold: if no consumer took the message, or every
         // one already let go of it unwritten, it is the dispatcher's to put back.
@@ -639,6 +682,14 @@ fn hand_out(hub: &Inner, slot: &Slot, policy: Policy, messages: Vec<Message>) ->
         }
     }
     undelivered
+}
+
+/// Keeps a streamed message for SSE clients that resume.
+fn remember(streams: &mut Streams, streamed: &Arc<Streamed>, keep: usize) {
+    streams.recent.push_back(streamed.clone());
+    while streams.recent.len() > keep {
+        streams.recent.pop_front();
+    }
 }
 
 /// Hands `delivery` to every consumer; a consumer with a full buffer is ended

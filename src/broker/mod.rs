@@ -13,7 +13,27 @@ pub use name::{MAX_QUEUE_NAME, QueueName};
 use self::hub::{Hub, Resume, StreamLimits, Subscription};
 
 use crate::error::Error;
-use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError};
+use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError, StoreEvent};
+
+/// Acts on what other servers sharing the store did: wakes dispatchers, and
+/// hands broadcast messages they streamed to this server's consumers.
+async fn follow(hub: Hub, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            StoreEvent::Changed(queue) => {
+                if let Ok(queue) = QueueName::parse(&queue) {
+                    hub.kick(&queue);
+                }
+            }
+            StoreEvent::Streamed { queue, messages } => {
+                if let Ok(queue) = QueueName::parse(&queue) {
+                    hub.deliver_shared(&queue, messages);
+                }
+            }
+            StoreEvent::Resync => hub.kick_all(),
+        }
+    }
+}
 
 /// The broker: the one way the front doors reach the queues. Cheap to clone.
 #[derive(Clone)]
@@ -26,7 +46,15 @@ impl Broker {
     /// A broker over `store`; must be created inside a tokio runtime.
     pub fn new(store: Arc<dyn Store>, limits: StreamLimits) -> Broker {
         let hub = Hub::new(store.clone(), limits);
+        if let Some(events) = store.events() {
+            tokio::spawn(follow(hub.clone(), events));
+        }
         Broker { store, hub }
+    }
+
+    /// Succeeds when the store can be reached now.
+    pub async fn ready(&self) -> Result<(), Error> {
+        Ok(self.store.ping().await?)
     }
 
     /// A short description of the store behind the broker.

@@ -1,4 +1,5 @@
-//! Statistics: `GET /stats/` and `GET /stats/<q>`.
+//! Statistics (`GET /stats/`, `GET /stats/<q>`) and health (`GET /healthz`,
+//! `GET /readyz`).
 
 use axum::extract::State;
 use axum::response::Response;
@@ -62,4 +63,17 @@ pub async fn one(
         "consumers": state.broker.consumers(&queue),
     });
     Ok(stats(&answer, callback.as_ref()))
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Response {
+    super::answer::json(&json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store can be reached; 503 with the reason otherwise.
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, Error> {
+    state.broker.ready().await?;
+    Ok(super::answer::json(
+        &json!({ "status": "ready", "store": state.broker.describe() }),
+    ))
 }

@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
             "/control/{*queue}",
             get(legacy::control_get).post(legacy::control_set),
         )
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
         .route("/stats/", get(admin::all))
         .route("/stats/{*queue}", get(admin::one))
         .route("/j/", get(legacy::no_queue))

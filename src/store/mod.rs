@@ -6,12 +6,14 @@
 //! those their semantics. Every store answers the same conformance tests.
 
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use redis::{RedisOptions, RedisStore, RedisTarget};
 
 /// What a store operation returns; boxed so that `Arc<dyn Store>` works.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -122,6 +124,23 @@ impl QueueInfo {
     }
 }
 
+/// What other servers sharing the store did, for this server's consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Messages arrived in a queue, or it was resumed.
+    Changed(String),
+    /// Broadcast messages another server took from a queue and streamed.
+    Streamed {
+        /// The queue.
+        queue: String,
+        /// The messages, in order.
+        messages: Vec<Message>,
+    },
+    /// Announcements may have been missed (a reconnection): every queue may
+    /// have changed.
+    Resync,
+}
+
 /// A store failure. Logical outcomes (an empty queue, an unknown key) are not errors.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -188,6 +207,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and releases the storage; later operations fail with [`StoreError::Closed`].
     fn close(&self) -> StoreFuture<'_, ()>;
+
+    /// Succeeds when the storage can be reached now.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// What other servers sharing this storage do, once: `None` for a store no
+    /// other server can share.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+
+    /// Whether other servers may stream the same queues.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Tells other servers about broadcast messages this one took and streamed,
+    /// for their own consumers.
+    fn share<'a>(&'a self, _queue: &'a str, _messages: &'a [Message]) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Milliseconds since the Unix epoch, the clock of message expiry.

@@ -2,29 +2,74 @@
 //! free port with its own temporary data directory, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod redis_servers;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use restmq::config::Config;
+use restmq::config::{Config, Storage};
+use restmq::store::RedisTarget;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How long a test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A server started in this process, on 127.0.0.1 and a port the OS picked.
+/// Where a test server keeps its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store, in a temporary directory.
+    Embedded,
+    /// One Redis server.
+    Redis,
+    /// A ring of three Redis servers.
+    Ring,
+    /// A Redis Cluster of three masters.
+    Cluster,
+}
+
+/// Runs the same test against every store: `conformance!(a, b)` makes, for each
+/// `async fn a(backend: Backend)`, one test per backend (`embedded::a`, `redis::a`,
+/// `ring::a`, `cluster::a`).
+#[macro_export]
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $test() { super::$test($crate::common::Backend::Embedded).await } )*
+        }
+        mod redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $test() { super::$test($crate::common::Backend::Redis).await } )*
+        }
+        mod ring {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $test() { super::$test($crate::common::Backend::Ring).await } )*
+        }
+        mod cluster {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $test() { super::$test($crate::common::Backend::Cluster).await } )*
+        }
+    };
+}
+
+/// A server running on a thread of its own, on 127.0.0.1 and a port the OS picked.
+/// Dropping it stops it and waits until it has stopped.
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
     /// A client for it.
     pub client: reqwest::Client,
+    /// The store it uses.
+    pub backend: Backend,
+    config: Config,
     dir: Option<TempDir>,
-    data_dir: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The shared cluster, held while this test uses it.
+    turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl TestServer {
@@ -35,50 +80,124 @@ impl TestServer {
         TestServer::start_with(config, Some(dir)).await
     }
 
+    /// A server on `backend`, with default settings and empty queues; `None`
+    /// (after saying so) when the backend needs `redis-server` and it is not
+    /// installed, unless `CI` is set: then the test fails.
+    pub async fn on(backend: Backend) -> Option<TestServer> {
+        TestServer::configured(backend, |_| {}).await
+    }
+
+    /// Like [`TestServer::on`], with settings changed by `tweak`.
+    pub async fn configured(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestServer> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::new(dir.path());
+        if backend != Backend::Embedded && !redis_servers::available() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed, and CI is set: the Redis tests must run"
+            );
+            eprintln!("skipping the {backend:?} variant: redis-server is not installed");
+            return None;
+        }
+        let mut turn = None;
+        match backend {
+            Backend::Embedded => {}
+            Backend::Redis => {
+                let urls = tokio::task::spawn_blocking(redis_servers::single)
+                    .await
+                    .expect("start redis-server");
+                config.storage = Storage::Redis(RedisTarget::Ring(urls));
+            }
+            Backend::Ring => {
+                let urls = tokio::task::spawn_blocking(redis_servers::ring)
+                    .await
+                    .expect("start redis-servers");
+                config.storage = Storage::Redis(RedisTarget::Ring(urls));
+            }
+            Backend::Cluster => {
+                turn = Some(redis_servers::cluster_turn().lock().await);
+                let urls = tokio::task::spawn_blocking(redis_servers::cluster)
+                    .await
+                    .expect("start a Redis Cluster");
+                redis_servers::flush_cluster().await;
+                config.storage = Storage::Redis(RedisTarget::Cluster(urls));
+            }
+        }
+        tweak(&mut config);
+        let mut server = TestServer::start_with(config, Some(dir)).await;
+        server.backend = backend;
+        server.turn = turn;
+        Some(server)
+    }
+
     /// A server with `config`; `dir` (if any) is removed when the server is dropped.
     pub async fn start_with(config: Config, dir: Option<TempDir>) -> TestServer {
-        let state = restmq::open(&config).await.expect("open the store");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(restmq::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        let (ready, address) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server_config = config.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime for the server");
+            runtime.block_on(async move {
+                let state = restmq::open(&server_config).await.expect("open the store");
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let _ = ready.send(listener.local_addr().expect("local address"));
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                restmq::serve(listener, state, shutdown)
+                    .await
+                    .expect("the server runs");
+            });
+        });
+        let addr = address.await.expect("the server starts");
         TestServer {
             addr,
             client: reqwest::Client::new(),
-            data_dir: config.data_dir.clone(),
+            backend: Backend::Embedded,
+            config,
             dir,
-            shutdown: Some(tx),
-            task: Some(task),
+            stop: Some(stop),
+            thread: Some(thread),
+            turn: None,
         }
     }
 
-    /// Stops the server gracefully, then starts a new one on the same data directory.
+    /// Stops the server gracefully, then starts a new one on the same store.
     pub async fn restart(mut self) -> TestServer {
         let dir = self.dir.take();
-        let config = Config::new(&self.data_dir);
+        let turn = self.turn.take();
+        let backend = self.backend;
+        let config = self.config.clone();
         self.stop().await;
-        TestServer::start_with(config, dir).await
+        let mut server = TestServer::start_with(config, dir).await;
+        server.backend = backend;
+        server.turn = turn;
+        server
     }
 
     /// Stops the server gracefully and waits until its store is closed.
     pub async fn stop(mut self) {
-        self.shutdown_now().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join")
+                .expect("the server thread ends without panicking");
+        }
     }
 
-    async fn shutdown_now(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server result");
-        }
-    }
-
-    /// The server's data directory.
+    /// The server's data directory (of the embedded store).
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.config.data_dir
     }
 
     /// The URL of `path` on this server (`path` starts with `/`).
@@ -148,8 +267,13 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The server runs on its own thread and runtime: waiting here cannot
+        // deadlock, and the next test to take the shared cluster finds it idle.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -337,6 +337,15 @@ impl Store for EmbeddedStore {
         self.submit(false, 0, move |b| b.latest(&queue, count))
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        let state = match self.shared.failure() {
+            Some(failure) => Err(failure),
+            None if self.jobs.is_closed() => Err(StoreError::Closed),
+            None => Ok(()),
+        };
+        Box::pin(async move { state })
+    }
+
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();

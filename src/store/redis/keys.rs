@@ -1,0 +1,90 @@
+//! Key names: the original RestMQ's, or the same wrapped in a hash tag per queue
+//! for Redis Cluster, so that all of a queue's keys share one slot.
+
+/// How a queue's keys are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `<q>:UUID`, `<q>:queue`, `queuestat::<q>`, `<q>:queuepolicy`, `<q>:<n>`.
+    Legacy,
+    /// The same names with `<q>` written `{<q>}`.
+    Tagged,
+}
+
+/// The keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// What message keys start with: `<prefix>:<n>`.
+    pub prefix: String,
+    /// The counter of message numbers.
+    pub counter: String,
+    /// The list of waiting message keys.
+    pub list: String,
+    /// The status (1 started, 0 stopped).
+    pub status: String,
+    /// The policy (1 broadcast, 2 roundrobin).
+    pub policy: String,
+}
+
+impl Naming {
+    /// The keys of `queue`.
+    pub fn keys(self, queue: &str) -> QueueKeys {
+        let prefix = match self {
+            Naming::Legacy => queue.to_owned(),
+            Naming::Tagged => format!("{{{queue}}}"),
+        };
+        QueueKeys {
+            counter: format!("{prefix}:UUID"),
+            list: format!("{prefix}:queue"),
+            status: format!("queuestat::{prefix}"),
+            policy: format!("{prefix}:queuepolicy"),
+            prefix,
+        }
+    }
+}
+
+impl QueueKeys {
+    /// The key of message `id`.
+    pub fn message(&self, id: u64) -> String {
+        format!("{}:{id}", self.prefix)
+    }
+
+    /// The number in a message key of this queue.
+    pub fn id_of(&self, key: &[u8]) -> Option<u64> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(self.prefix.as_str())?
+            .strip_prefix(':')?
+            .parse()
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_and_tagged_names() {
+        let keys = Naming::Legacy.keys("jobs");
+        assert_eq!(
+            (
+                keys.counter.as_str(),
+                keys.list.as_str(),
+                keys.status.as_str(),
+                keys.policy.as_str()
+            ),
+            (
+                "jobs:UUID",
+                "jobs:queue",
+                "queuestat::jobs",
+                "jobs:queuepolicy"
+            )
+        );
+        assert_eq!(keys.message(7), "jobs:7");
+        assert_eq!(keys.id_of(b"jobs:7"), Some(7));
+        assert_eq!(keys.id_of(b"other:7"), None);
+        let tagged = Naming::Tagged.keys("a:b");
+        assert_eq!(tagged.counter, "{a:b}:UUID");
+        assert_eq!(tagged.status, "queuestat::{a:b}");
+        assert_eq!(tagged.id_of(b"{a:b}:12"), Some(12));
+    }
+}
