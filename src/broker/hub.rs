@@ -114,6 +114,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A message of `queue` to hand out, held `holders` times to begin with;
+    /// `returns` is where it goes back if nobody writes it.
+    fn new(
+        queue: &Arc<QueueName>,
+        message: Message,
+        holders: usize,
+        returns: Option<mpsc::UnboundedSender<Return>>,
+    ) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            streamed: Arc::new(Streamed::new(queue, &message)),
+            message,
+            queue: queue.clone(),
+            holders: AtomicUsize::new(holders),
+            written: AtomicBool::new(false),
+            returns,
+        })
+    }
+
     /// Lets go of one hold; true when this was the last and nobody wrote it.
     fn release(&self) -> bool {
         self.holders.fetch_sub(1, Ordering::AcqRel) == 1 && !self.written.load(Ordering::Acquire)
@@ -434,14 +452,7 @@ impl Hub {
         };
         let mut streams = slot.streams();
         for message in messages {
-            let delivery = Arc::new(Delivery {
-                streamed: Arc::new(Streamed::new(&slot.name, &message)),
-                message,
-                queue: slot.name.clone(),
-                holders: AtomicUsize::new(0),
-                written: AtomicBool::new(false),
-                returns: None,
-            });
+            let delivery = Delivery::new(&slot.name, message, 0, None);
             if broadcast(&mut streams, &delivery) {
                 remember(
                     &mut streams,
@@ -659,15 +670,8 @@ fn hand_out(hub: &Inner, slot: &Slot, policy: Policy, messages: Vec<Message>) ->
     let mut undelivered = Vec::new();
     let mut streams = slot.streams();
     for message in messages {
-        let delivery = Arc::new(Delivery {
-            streamed: Arc::new(Streamed::new(&slot.name, &message)),
-            message,
-            queue: slot.name.clone(),
-            // The dispatcher's own hold while it hands the message out.
-            holders: AtomicUsize::new(1),
-            written: AtomicBool::new(false),
-            returns: Some(hub.returns.clone()),
-        });
+        // Held once by the dispatcher itself while it hands the message out.
+        let delivery = Delivery::new(&slot.name, message, 1, Some(hub.returns.clone()));
         let taken = match policy {
             Policy::Broadcast => broadcast(&mut streams, &delivery),
             Policy::RoundRobin => round_robin(&mut streams, &delivery),
