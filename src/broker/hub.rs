@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -25,6 +26,10 @@ use crate::store::{Message, Policy, Status, Store};
 
 /// Messages popped from the store in one go for streaming, at most.
 const POP_BATCH: usize = 64;
+/// First pause before a dispatcher retries after the store failed; it doubles
+/// up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Limits of streaming delivery.
 #[derive(Debug, Clone, Copy)]
@@ -589,9 +594,17 @@ async fn return_loop(hub: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceive
 
 /// A queue's dispatcher: runs while the queue has consumers.
 async fn dispatch(hub: Arc<Inner>, slot: Arc<Slot>) {
+    let mut retry = None;
     loop {
-        if let Err(e) = drain(&hub, &slot).await {
-            tracing::error!(queue = %slot.name, error = %e, "streaming delivery failed");
+        match drain(&hub, &slot).await {
+            Ok(()) => retry = None,
+            Err(e) => {
+                // The store failed (Redis restarting, say): what woke us must
+                // not be lost, so try again, backing off, until it works.
+                let delay = retry.map_or(RETRY_FIRST, |d: Duration| (d * 2).min(RETRY_MAX));
+                tracing::warn!(queue = %slot.name, error = %e, ?delay, "streaming delivery failed; retrying");
+                retry = Some(delay);
+            }
         }
         {
             let mut streams = slot.streams();
@@ -603,7 +616,15 @@ async fn dispatch(hub: Arc<Inner>, slot: Arc<Slot>) {
                 return;
             }
         }
-        slot.wake.notified().await;
+        match retry {
+            None => slot.wake.notified().await,
+            Some(delay) => {
+                tokio::select! {
+                    () = slot.wake.notified() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
     }
 }
 

@@ -90,12 +90,22 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// A connection that found its socket dead (Redis restarted, say) fails its
+/// next command once, then reconnects: that command is sent once more. After a
+/// restart it never reached the new Redis; when a connection drops after Redis
+/// ran it, sending it again is what a client answered 503 would do anyway.
+fn resend(e: &RedisError) -> bool {
+    e.is_connection_dropped()
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            match self.send(cmd).await {
+                Err(e) if resend(&e) => self.send(cmd).await,
+                answer => answer,
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -104,16 +114,39 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        Box::pin(async move {
+            match self.send_all(pipeline, offset, count).await {
+                Err(e) if resend(&e) => self.send_all(pipeline, offset, count).await,
+                answer => answer,
+            }
+        })
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Node(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    async fn send(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd).await,
+            Conn::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn send_all(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
         }
     }
 }
