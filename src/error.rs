@@ -77,6 +77,7 @@ impl Error {
             Error::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Corrupted(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(StoreError::Full(_)) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

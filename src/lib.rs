@@ -42,16 +42,22 @@ pub async fn open(config: &Config) -> Result<AppState, Error> {
             let options = EmbeddedOptions {
                 fsync: config.fsync,
             };
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options))
-                .await
-                .map_err(|e| {
-                    Error::Store(store::StoreError::Unavailable(format!(
-                        "opening the store failed: {e}"
-                    )))
-                })??;
+            let clock = Arc::new(store::SystemClock);
+            let store =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options, clock))
+                    .await
+                    .map_err(|e| {
+                        Error::Store(store::StoreError::Unavailable(format!(
+                            "opening the store failed: {e}"
+                        )))
+                    })??;
             Arc::new(store)
         }
-        Storage::Redis(target) => Arc::new(RedisStore::open(target, &config.redis)?),
+        Storage::Redis(target) => Arc::new(RedisStore::open(
+            target,
+            &config.redis,
+            Arc::new(store::SystemClock),
+        )?),
     };
     Ok(AppState {
         broker: Broker::new(store, config.streams),

@@ -77,7 +77,7 @@ async fn requests_after_the_store_closed_get_503() {
     let queue = restmq::broker::QueueName::parse("q").expect("name");
     let message = restmq::store::NewMessage {
         value: "x".into(),
-        ttl: None,
+        ..Default::default()
     };
     let error = state
         .broker

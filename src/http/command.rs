@@ -106,6 +106,7 @@ async fn add(state: &AppState, command: &Command) -> Result<Response, Error> {
     let message = NewMessage {
         value: value.to_owned(),
         ttl,
+        delay: None,
     };
     let id = state.broker.publish(&queue, message).await?;
     Ok(answer::json(&Entry {

@@ -86,6 +86,7 @@ async fn publish(state: &AppState, queue: &QueueName, params: &Params) -> Result
     let message = NewMessage {
         value: value.to_owned(),
         ttl,
+        delay: None,
     };
     let id = state.broker.publish(queue, message).await?;
     Ok(text_line(&queue.key(id), callback.as_ref()))

@@ -19,12 +19,117 @@ pub use redis::{RedisOptions, RedisStore, RedisTarget};
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A message to append to a queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewMessage {
     /// The message body, stored and returned as is.
     pub value: String,
     /// Seconds after which the message is dropped undelivered; `None` keeps it.
     pub ttl: Option<u64>,
+    /// Seconds the message stays invisible after it is published.
+    pub delay: Option<u64>,
+}
+
+/// A message received with a visibility timeout: hidden from other consumers
+/// until acknowledged, released, or its time runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The message.
+    pub message: Message,
+    /// How many times it has been received, this time included (from 1). A
+    /// receipt names the message and this number.
+    pub delivery: u32,
+}
+
+/// Settings of a queue, set with `/config/<q>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Seconds a received message stays hidden when a receive names no visibility.
+    pub visibility: u64,
+    /// Receives without acknowledgement after which a message moves to the
+    /// dead-letter queue; 0 never moves it.
+    pub max_receives: u64,
+    /// The dead-letter queue; `None` means `<q>.dead`.
+    pub dead_letter: Option<String>,
+    /// Most messages the queue holds (waiting, in flight or delayed); 0 is no limit.
+    pub max_len: u64,
+    /// Seconds a message is kept at most, whatever its ttl; 0 keeps it.
+    pub retention: u64,
+}
+
+/// Visibility of received messages when neither the request nor the queue says.
+pub const DEFAULT_VISIBILITY: u64 = 30;
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            visibility: DEFAULT_VISIBILITY,
+            max_receives: 0,
+            dead_letter: None,
+            max_len: 0,
+            retention: 0,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The dead-letter queue of `queue` under these settings.
+    pub fn dead_letter_of(&self, queue: &str) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{queue}.dead"))
+    }
+
+    /// When a message published at `now` with `ttl` seconds expires (0: never),
+    /// `retention` considered.
+    pub fn expiry(&self, now: u64, ttl: Option<u64>) -> u64 {
+        let after = |secs: u64| now.saturating_add(secs.saturating_mul(1000));
+        match (ttl.filter(|&t| t > 0), self.retention) {
+            (None, 0) => 0,
+            (Some(ttl), 0) => after(ttl),
+            (None, keep) => after(keep),
+            (Some(ttl), keep) => after(ttl.min(keep)),
+        }
+    }
+}
+
+/// The time, in milliseconds since the Unix epoch. Stores read it through this,
+/// so that tests can drive it ([`ManualClock`]).
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> u64;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        now_millis()
+    }
+}
+
+/// A clock that moves only when told to, for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now`.
+    pub fn new(now: u64) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicU64::new(now))
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A message read from a queue.
@@ -114,6 +219,10 @@ pub struct QueueInfo {
     pub status: Option<Status>,
     /// The policy, `None` when never set.
     pub policy: Option<Policy>,
+    /// Messages received and not yet acknowledged (hidden until their time runs out).
+    pub inflight: u64,
+    /// Messages published with a delay, or released with one, not yet visible.
+    pub delayed: u64,
 }
 
 impl QueueInfo {
@@ -153,6 +262,9 @@ pub enum StoreError {
     /// The stored data could not be read back.
     #[error("storage corrupted: {0}")]
     Corrupted(String),
+    /// The queue holds its maximum number of messages (its `max_len`).
+    #[error("the queue is full ({0} messages)")]
+    Full(u64),
 }
 
 /// The storage contract every store fulfils; every operation is atomic.
@@ -178,6 +290,58 @@ pub trait Store: Send + Sync + 'static {
     /// Puts messages taken from a queue back, under their own numbers: at the head,
     /// in key order. Used when a message taken for a consumer could not reach it.
     fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()>;
+
+    /// Receives up to `max` messages from the head, hiding each for
+    /// `visibility_ms`; they come back at the head when that time runs out
+    /// unacknowledged (or go to the dead-letter queue after `max_receives`).
+    fn receive<'a>(
+        &'a self,
+        queue: &'a str,
+        max: usize,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, Vec<Received>>;
+
+    /// Acknowledges deliveries `(id, delivery)` of `queue`, deleting their
+    /// messages: all of them, or, if any is stale (acknowledged, released, or its
+    /// time ran out), none. Returns the stale ones.
+    fn ack<'a>(
+        &'a self,
+        queue: &'a str,
+        receipts: Vec<(u64, u32)>,
+    ) -> StoreFuture<'a, Vec<(u64, u32)>>;
+
+    /// Releases a delivery: the message is visible again after `delay_ms` (at
+    /// once for 0). False, and nothing done, when the delivery is stale.
+    fn nack<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        delay_ms: u64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Hides a delivered message for `visibility_ms` from now. False, and
+    /// nothing done, when the delivery is stale.
+    fn extend<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// When the next hidden message of `queue` (in flight or delayed) is due.
+    fn next_due<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<u64>>;
+
+    /// The settings of `queue` (the defaults when never set).
+    fn config<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, QueueConfig>;
+
+    /// Sets the settings of `queue`.
+    fn set_config<'a>(&'a self, queue: &'a str, config: QueueConfig) -> StoreFuture<'a, ()>;
+
+    /// Moves every waiting message of `from` to the tail of `to`, in order
+    /// (each under a new key of `to`). Returns how many moved.
+    fn redrive<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, u64>;
 
     /// Returns the head of a queue without removing it, counting this read: the
     /// second value is the number of peeks of that message so far, from 1.

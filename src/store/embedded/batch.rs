@@ -1,5 +1,12 @@
 //! One write transaction in progress: the store's commands, built on a few
 //! physical changes that are applied to redb and recorded for the log together.
+//!
+//! A message is visible (in `messages`, in key order), or hidden (in `held`:
+//! received and in flight, or delayed) until it is due (`due` indexes hidden
+//! messages by time). Hidden messages that came due are settled lazily, at the
+//! start of every command that reads the queue: back among the visible ones
+//! under their own key (so at their place in key order), dropped if expired, or
+//! moved to the dead-letter queue after `max_receives` receives.
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,15 +14,23 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::db_error;
 use super::records::{
-    QueueMeta, encode_message, expired, policy_code, policy_from_code, split_message, status_code,
-    status_from_code, value_text,
+    Held, HeldState, QueueMeta, encode_message, expired, policy_code, policy_from_code,
+    split_message, status_code, status_from_code, value_text,
 };
 use super::wal::Op;
-use crate::store::{Message, NewMessage, QueueInfo, Status, StoreError};
+use crate::store::{Message, NewMessage, QueueConfig, QueueInfo, Received, Status, StoreError};
 
 pub(super) const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 pub(super) const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
 pub(super) const PEEKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("peeks");
+/// Receives so far of visible messages that were received before.
+pub(super) const DELIVERIES: TableDefinition<(u64, u64), u32> = TableDefinition::new("deliveries");
+/// Hidden messages: (queue id, message number) -> [`Held`] record.
+pub(super) const HELD: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("held");
+/// Hidden messages by the time they are due: (queue id, due, message number).
+pub(super) const DUE: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("due");
+/// Settings of queues, as JSON.
+pub(super) const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
 
 /// The writer's state that outlives transactions.
 pub(super) struct Meta {
@@ -23,6 +38,8 @@ pub(super) struct Meta {
     pub queues: HashMap<String, QueueMeta>,
     /// The id the next new queue gets.
     pub next_id: u64,
+    /// Settings of the queues that have some.
+    pub configs: HashMap<String, QueueConfig>,
 }
 
 /// A write transaction's tables, with the commands the writer's jobs run. It
@@ -31,12 +48,16 @@ pub(super) struct Batch<'t> {
     queues: Table<'t, &'static str, &'static [u8]>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
     peeks: Table<'t, (u64, u64), u64>,
+    deliveries: Table<'t, (u64, u64), u32>,
+    held: Table<'t, (u64, u64), &'static [u8]>,
+    due: Table<'t, (u64, u64, u64), ()>,
+    configs: Table<'t, &'static str, &'static [u8]>,
     meta: &'t mut Meta,
     /// The queues the current batch changed.
     pub touched: HashSet<String>,
     /// The current batch's changes, encoded for the log.
     pub log: Vec<u8>,
-    /// The clock for expiry, read once per batch.
+    /// The clock, read once per batch.
     now: u64,
     scratch: Vec<u8>,
 }
@@ -48,6 +69,10 @@ impl<'t> Batch<'t> {
             queues: txn.open_table(QUEUES).map_err(db_error)?,
             messages: txn.open_table(MESSAGES).map_err(db_error)?,
             peeks: txn.open_table(PEEKS).map_err(db_error)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(db_error)?,
+            held: txn.open_table(HELD).map_err(db_error)?,
+            due: txn.open_table(DUE).map_err(db_error)?,
+            configs: txn.open_table(CONFIGS).map_err(db_error)?,
             meta,
             touched: HashSet::new(),
             log: Vec::new(),
@@ -56,7 +81,7 @@ impl<'t> Batch<'t> {
         })
     }
 
-    /// Starts a new batch: clears what the previous one recorded.
+    /// Starts a new batch at time `now`: clears what the previous one recorded.
     pub fn begin(&mut self, now: u64) {
         self.touched.clear();
         self.log.clear();
@@ -66,6 +91,15 @@ impl<'t> Batch<'t> {
     /// The metadata of a queue as of the changes applied so far.
     pub fn queue_meta(&self, queue: &str) -> Option<QueueMeta> {
         self.meta.queues.get(queue).copied()
+    }
+
+    fn qid(&self, queue: &str) -> Option<u64> {
+        self.meta.queues.get(queue).map(|m| m.id)
+    }
+
+    /// The settings of `queue`.
+    pub fn config(&self, queue: &str) -> QueueConfig {
+        self.meta.configs.get(queue).cloned().unwrap_or_default()
     }
 
     /// The queue's metadata for changing, created if new.
@@ -99,6 +133,7 @@ impl<'t> Batch<'t> {
     // The physical changes: each applies to the tables and records itself in
     // the log, and replaying the log applies them again the same way.
 
+    /// Makes message `id` visible.
     fn insert(
         &mut self,
         queue: &str,
@@ -126,14 +161,15 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
-    /// Removes message `id` of `queue`; true when it was there.
+    /// Removes visible message `id` of `queue`; true when it was there.
     fn remove(&mut self, queue: &str, id: u64) -> Result<bool, StoreError> {
-        let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
+        let Some(qid) = self.qid(queue) else {
             return Ok(false);
         };
         let existed = self.messages.remove((qid, id)).map_err(db_error)?.is_some();
         if existed {
             self.peeks.remove((qid, id)).map_err(db_error)?;
+            self.deliveries.remove((qid, id)).map_err(db_error)?;
             let meta = self.touch(queue);
             meta.info.len = meta.info.len.saturating_sub(1);
             Op::Remove { queue, id }.encode(&mut self.log);
@@ -142,7 +178,7 @@ impl<'t> Batch<'t> {
     }
 
     fn remove_all(&mut self, queue: &str) -> Result<(), StoreError> {
-        let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
+        let Some(qid) = self.qid(queue) else {
             return Ok(());
         };
         let range = (qid, 0)..=(qid, u64::MAX);
@@ -150,9 +186,19 @@ impl<'t> Batch<'t> {
             .retain_in(range.clone(), |_, _| false)
             .map_err(db_error)?;
         self.peeks
-            .retain_in(range, |_, _| false)
+            .retain_in(range.clone(), |_, _| false)
             .map_err(db_error)?;
-        self.touch(queue).info.len = 0;
+        self.deliveries
+            .retain_in(range.clone(), |_, _| false)
+            .map_err(db_error)?;
+        self.held.retain_in(range, |_, _| false).map_err(db_error)?;
+        self.due
+            .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)
+            .map_err(db_error)?;
+        let meta = self.touch(queue);
+        meta.info.len = 0;
+        meta.info.inflight = 0;
+        meta.info.delayed = 0;
         Op::Purge { queue }.encode(&mut self.log);
         Ok(())
     }
@@ -160,6 +206,20 @@ impl<'t> Batch<'t> {
     fn set_peeks(&mut self, queue: &str, qid: u64, id: u64, count: u64) -> Result<(), StoreError> {
         self.peeks.insert((qid, id), count).map_err(db_error)?;
         Op::Peeked { queue, id, count }.encode(&mut self.log);
+        Ok(())
+    }
+
+    /// Records how many times a visible message was received (0: never).
+    fn set_deliveries(&mut self, queue: &str, id: u64, count: u32) -> Result<(), StoreError> {
+        let Some(qid) = self.qid(queue) else {
+            return Ok(());
+        };
+        if count == 0 {
+            self.deliveries.remove((qid, id)).map_err(db_error)?;
+        } else {
+            self.deliveries.insert((qid, id), count).map_err(db_error)?;
+        }
+        Op::Deliveries { queue, id, count }.encode(&mut self.log);
         Ok(())
     }
 
@@ -177,6 +237,73 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
+    /// Hides message `id` as `record` says, replacing any record it had.
+    fn hold(&mut self, queue: &str, id: u64, record: &Held) -> Result<(), StoreError> {
+        self.unhold_quietly(queue, id)?;
+        let meta = self.touch(queue);
+        let qid = meta.id;
+        meta.info.last_id = meta.info.last_id.max(id);
+        meta.info.status.get_or_insert(Status::Started);
+        match record.state {
+            HeldState::InFlight => meta.info.inflight += 1,
+            HeldState::Delayed => meta.info.delayed += 1,
+        }
+        let mut encoded = Vec::with_capacity(record.value.len() + 32);
+        record.encode(&mut encoded);
+        self.held
+            .insert((qid, id), encoded.as_slice())
+            .map_err(db_error)?;
+        self.due
+            .insert((qid, record.due, id), ())
+            .map_err(db_error)?;
+        Op::Hold {
+            queue,
+            id,
+            record: &encoded,
+        }
+        .encode(&mut self.log);
+        Ok(())
+    }
+
+    /// Removes the hidden record of message `id`, without logging (the caller logs).
+    fn unhold_quietly(&mut self, queue: &str, id: u64) -> Result<Option<Held>, StoreError> {
+        let Some(qid) = self.qid(queue) else {
+            return Ok(None);
+        };
+        let Some(raw) = self.held.remove((qid, id)).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let held = Held::decode(raw.value())?;
+        drop(raw);
+        self.due.remove((qid, held.due, id)).map_err(db_error)?;
+        let meta = self.touch(queue);
+        match held.state {
+            HeldState::InFlight => meta.info.inflight = meta.info.inflight.saturating_sub(1),
+            HeldState::Delayed => meta.info.delayed = meta.info.delayed.saturating_sub(1),
+        }
+        Ok(Some(held))
+    }
+
+    /// Removes the hidden record of message `id`.
+    fn unhold(&mut self, queue: &str, id: u64) -> Result<Option<Held>, StoreError> {
+        let held = self.unhold_quietly(queue, id)?;
+        if held.is_some() {
+            Op::Unhold { queue, id }.encode(&mut self.log);
+        }
+        Ok(held)
+    }
+
+    fn write_config(&mut self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(&config)
+            .map_err(|e| StoreError::Corrupted(format!("cannot encode settings: {e}")))?;
+        self.configs
+            .insert(queue, json.as_slice())
+            .map_err(db_error)?;
+        Op::Config { queue, json: &json }.encode(&mut self.log);
+        self.meta.configs.insert(queue.to_owned(), config);
+        Ok(())
+    }
+
     /// Applies a change read back from the log.
     pub fn replay(&mut self, op: &Op<'_>) -> Result<(), StoreError> {
         match *op {
@@ -188,7 +315,7 @@ impl<'t> Batch<'t> {
             } => self.insert(queue, id, expires_at, value),
             Op::Remove { queue, id } => self.remove(queue, id).map(drop),
             Op::Purge { queue } => self.remove_all(queue),
-            Op::Peeked { queue, id, count } => match self.meta.queues.get(queue).map(|m| m.id) {
+            Op::Peeked { queue, id, count } => match self.qid(queue) {
                 Some(qid) => self.set_peeks(queue, qid, id, count),
                 None => Ok(()),
             },
@@ -197,30 +324,113 @@ impl<'t> Batch<'t> {
                 status,
                 policy,
             } => self.set_meta(queue, status, policy),
+            Op::Deliveries { queue, id, count } => self.set_deliveries(queue, id, count),
+            Op::Hold { queue, id, record } => self.hold(queue, id, &Held::decode(record)?),
+            Op::Unhold { queue, id } => self.unhold(queue, id).map(drop),
+            Op::Config { queue, json } => {
+                let config = serde_json::from_slice(json)
+                    .map_err(|e| StoreError::Corrupted(format!("unreadable settings: {e}")))?;
+                self.write_config(queue, config)
+            }
         }
     }
 
     // The commands.
+
+    /// Brings back the hidden messages of `queue` that came due: visible again,
+    /// dropped when expired, or moved to the dead-letter queue.
+    fn settle(&mut self, queue: &str) -> Result<(), StoreError> {
+        let Some(meta) = self.queue_meta(queue) else {
+            return Ok(());
+        };
+        if meta.info.inflight + meta.info.delayed == 0 {
+            return Ok(());
+        }
+        let qid = meta.id;
+        loop {
+            let next = {
+                let mut range = self
+                    .due
+                    .range((qid, 0, 0)..=(qid, self.now, u64::MAX))
+                    .map_err(db_error)?;
+                match range.next() {
+                    Some(entry) => Some(entry.map_err(db_error)?.0.value().2),
+                    None => None,
+                }
+            };
+            let Some(id) = next else { return Ok(()) };
+            let Some(held) = self.unhold(queue, id)? else {
+                continue;
+            };
+            self.release(queue, id, held)?;
+        }
+    }
+
+    /// A hidden message's time is up: back among the visible ones, unless
+    /// expired, or received too many times (then to the dead-letter queue).
+    fn release(&mut self, queue: &str, id: u64, held: Held) -> Result<(), StoreError> {
+        if expired(held.expires_at, self.now) || self.dead_letter(queue, &held)? {
+            return Ok(());
+        }
+        self.make_visible(queue, id, &held)
+    }
+
+    fn make_visible(&mut self, queue: &str, id: u64, held: &Held) -> Result<(), StoreError> {
+        self.insert(queue, id, held.expires_at, &held.value)?;
+        self.set_deliveries(queue, id, held.deliveries)
+    }
+
+    /// Moves an in-flight message received `max_receives` times to the queue's
+    /// dead-letter queue (under a new key there); true when it did.
+    fn dead_letter(&mut self, queue: &str, held: &Held) -> Result<bool, StoreError> {
+        let config = self.config(queue);
+        let received = u64::from(held.deliveries);
+        if held.state != HeldState::InFlight
+            || config.max_receives == 0
+            || received < config.max_receives
+        {
+            return Ok(false);
+        }
+        let dead = config.dead_letter_of(queue);
+        let id = self.queue_meta(&dead).map_or(0, |m| m.info.last_id) + 1;
+        self.insert(&dead, id, held.expires_at, &held.value)?;
+        Ok(true)
+    }
 
     pub fn publish(
         &mut self,
         queue: &str,
         messages: &[NewMessage],
     ) -> Result<Vec<u64>, StoreError> {
-        let first = self.meta.queues.get(queue).map_or(0, |m| m.info.last_id) + 1;
+        let config = self.config(queue);
+        let info = self.queue_meta(queue).map(|m| m.info).unwrap_or_default();
+        let held = info.len + info.inflight + info.delayed;
+        if config.max_len > 0 && held + messages.len() as u64 > config.max_len {
+            return Err(StoreError::Full(config.max_len));
+        }
+        let first = info.last_id + 1;
         let mut ids = Vec::with_capacity(messages.len());
         for (id, message) in (first..).zip(messages) {
-            let expires_at = match message.ttl {
-                Some(ttl) if ttl > 0 => self.now.saturating_add(ttl.saturating_mul(1000)),
-                _ => 0,
-            };
-            self.insert(queue, id, expires_at, message.value.as_bytes())?;
+            let expires_at = config.expiry(self.now, message.ttl);
+            match message.delay.filter(|&d| d > 0) {
+                None => self.insert(queue, id, expires_at, message.value.as_bytes())?,
+                Some(delay) => {
+                    let record = Held {
+                        state: HeldState::Delayed,
+                        due: self.now.saturating_add(delay.saturating_mul(1000)),
+                        deliveries: 0,
+                        expires_at,
+                        value: message.value.as_bytes().to_vec(),
+                    };
+                    self.hold(queue, id, &record)?;
+                }
+            }
             ids.push(id);
         }
         Ok(ids)
     }
 
-    /// The first stored message of queue `qid`: its number and raw record.
+    /// The first visible message of queue `qid`: its number and raw record.
     fn head(&self, qid: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let mut range = self
             .messages
@@ -235,10 +445,11 @@ impl<'t> Batch<'t> {
         }
     }
 
-    /// The head of `queue` that has not expired (with its queue's id), dropping
-    /// expired ones on the way.
+    /// The visible head of `queue` that has not expired (with its queue's id),
+    /// settling due messages first and dropping expired ones on the way.
     fn live_head(&mut self, queue: &str) -> Result<Option<(u64, Message)>, StoreError> {
-        let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
+        self.settle(queue)?;
+        let Some(qid) = self.qid(queue) else {
             return Ok(None);
         };
         while let Some((id, raw)) = self.head(qid)? {
@@ -281,12 +492,18 @@ impl<'t> Batch<'t> {
     /// Puts `messages` back under their own numbers (those already there stay).
     pub fn restore(&mut self, queue: &str, messages: &[Message]) -> Result<(), StoreError> {
         for message in messages {
-            let present = match self.meta.queues.get(queue) {
-                Some(meta) => self
-                    .messages
-                    .get((meta.id, message.id))
-                    .map_err(db_error)?
-                    .is_some(),
+            let present = match self.qid(queue) {
+                Some(qid) => {
+                    self.messages
+                        .get((qid, message.id))
+                        .map_err(db_error)?
+                        .is_some()
+                        || self
+                            .held
+                            .get((qid, message.id))
+                            .map_err(db_error)?
+                            .is_some()
+                }
                 None => false,
             };
             if !present {
@@ -299,6 +516,147 @@ impl<'t> Batch<'t> {
             }
         }
         Ok(())
+    }
+
+    pub fn receive(
+        &mut self,
+        queue: &str,
+        max: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Received>, StoreError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((qid, message)) = self.live_head(queue)? else {
+                break;
+            };
+            let before = self
+                .deliveries
+                .get((qid, message.id))
+                .map_err(db_error)?
+                .map_or(0, |g| g.value());
+            self.remove(queue, message.id)?;
+            let record = Held {
+                state: HeldState::InFlight,
+                due: self.now.saturating_add(visibility_ms),
+                deliveries: before.saturating_add(1),
+                expires_at: message.expires_at,
+                value: message.value.as_bytes().to_vec(),
+            };
+            self.hold(queue, message.id, &record)?;
+            out.push(Received {
+                message,
+                delivery: record.deliveries,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The in-flight record of a delivery still valid now.
+    fn current(&self, queue: &str, id: u64, delivery: u32) -> Result<Option<Held>, StoreError> {
+        let Some(qid) = self.qid(queue) else {
+            return Ok(None);
+        };
+        let Some(raw) = self.held.get((qid, id)).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let held = Held::decode(raw.value())?;
+        let valid =
+            held.state == HeldState::InFlight && held.deliveries == delivery && held.due > self.now;
+        Ok(valid.then_some(held))
+    }
+
+    pub fn ack(
+        &mut self,
+        queue: &str,
+        receipts: &[(u64, u32)],
+    ) -> Result<Vec<(u64, u32)>, StoreError> {
+        let mut stale = Vec::new();
+        for &(id, delivery) in receipts {
+            if self.current(queue, id, delivery)?.is_none() {
+                stale.push((id, delivery));
+            }
+        }
+        if stale.is_empty() {
+            for &(id, _) in receipts {
+                self.unhold(queue, id)?;
+            }
+        }
+        Ok(stale)
+    }
+
+    pub fn nack(
+        &mut self,
+        queue: &str,
+        id: u64,
+        delivery: u32,
+        delay_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if self.current(queue, id, delivery)?.is_none() {
+            return Ok(false);
+        }
+        let Some(held) = self.unhold(queue, id)? else {
+            return Ok(false);
+        };
+        if expired(held.expires_at, self.now) || self.dead_letter(queue, &held)? {
+            return Ok(true);
+        }
+        if delay_ms == 0 {
+            self.make_visible(queue, id, &held)?;
+            return Ok(true);
+        }
+        let record = Held {
+            state: HeldState::Delayed,
+            due: self.now.saturating_add(delay_ms),
+            ..held
+        };
+        self.hold(queue, id, &record)?;
+        Ok(true)
+    }
+
+    pub fn extend(
+        &mut self,
+        queue: &str,
+        id: u64,
+        delivery: u32,
+        visibility_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(held) = self.current(queue, id, delivery)? else {
+            return Ok(false);
+        };
+        let record = Held {
+            due: self.now.saturating_add(visibility_ms),
+            ..held
+        };
+        self.hold(queue, id, &record)?;
+        Ok(true)
+    }
+
+    pub fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError> {
+        let Some(qid) = self.qid(queue) else {
+            return Ok(None);
+        };
+        let mut range = self
+            .due
+            .range((qid, 0, 0)..=(qid, u64::MAX, u64::MAX))
+            .map_err(db_error)?;
+        match range.next() {
+            Some(entry) => Ok(Some(entry.map_err(db_error)?.0.value().1)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_config(&mut self, queue: &str, config: QueueConfig) -> Result<(), StoreError> {
+        self.write_config(queue, config)
+    }
+
+    pub fn redrive(&mut self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let mut moved = 0;
+        while let Some(message) = self.pop(from)? {
+            let id = self.queue_meta(to).map_or(0, |m| m.info.last_id) + 1;
+            self.insert(to, id, message.expires_at, message.value.as_bytes())?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     pub fn peek(&mut self, queue: &str) -> Result<Option<(Message, u64)>, StoreError> {
@@ -315,10 +673,14 @@ impl<'t> Batch<'t> {
         Ok(Some((message, count)))
     }
 
+    /// Deletes message `id`, visible or hidden; true when it was there, unexpired.
     pub fn delete(&mut self, queue: &str, id: u64) -> Result<bool, StoreError> {
-        let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
+        let Some(qid) = self.qid(queue) else {
             return Ok(false);
         };
+        if let Some(held) = self.unhold(queue, id)? {
+            return Ok(!expired(held.expires_at, self.now));
+        }
         let live = match self.messages.get((qid, id)).map_err(db_error)? {
             Some(raw) => !expired(split_message(raw.value())?.0, self.now),
             None => return Ok(false),
@@ -328,11 +690,11 @@ impl<'t> Batch<'t> {
     }
 
     pub fn purge(&mut self, queue: &str) -> Result<bool, StoreError> {
-        let Some(len) = self.meta.queues.get(queue).map(|m| m.info.len) else {
+        let Some(info) = self.queue_meta(queue).map(|m| m.info) else {
             return Ok(false);
         };
         self.remove_all(queue)?;
-        Ok(len > 0)
+        Ok(info.len + info.inflight + info.delayed > 0)
     }
 
     pub fn set_policy(
@@ -349,9 +711,9 @@ impl<'t> Batch<'t> {
         self.set_meta(queue, status_code(Some(status)), policy_code(policy))
     }
 
-    /// Up to `count` of the newest live messages of `queue`, newest first.
+    /// Up to `count` of the newest live visible messages of `queue`, newest first.
     pub fn latest(&self, queue: &str, count: usize) -> Result<Vec<Message>, StoreError> {
-        let Some(qid) = self.meta.queues.get(queue).map(|m| m.id) else {
+        let Some(qid) = self.qid(queue) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(count.min(1024));

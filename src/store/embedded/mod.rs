@@ -39,11 +39,12 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use self::batch::{Batch, MESSAGES, Meta, PEEKS, QUEUES};
+use self::batch::{Batch, CONFIGS, DELIVERIES, DUE, HELD, MESSAGES, Meta, PEEKS, QUEUES};
 use self::records::QueueMeta;
 use self::wal::{Op, Wal};
 use super::{
-    Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError, StoreFuture, now_millis,
+    Clock, Message, NewMessage, Policy, QueueConfig, QueueInfo, Received, Status, Store,
+    StoreError, StoreFuture,
 };
 
 /// Where the log's position at the last checkpoint is kept.
@@ -139,9 +140,14 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `dir`, replaying its log. Blocking:
-    /// call it before serving or from a blocking task.
-    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+    /// Opens (creating if needed) the store in `dir`, replaying its log; it reads
+    /// the time from `clock`. Blocking: call it before serving or from a
+    /// blocking task.
+    pub fn open(
+        dir: &Path,
+        options: EmbeddedOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
@@ -154,12 +160,17 @@ impl EmbeddedStore {
         txn.open_table(QUEUES).map_err(db_error)?;
         txn.open_table(MESSAGES).map_err(db_error)?;
         txn.open_table(PEEKS).map_err(db_error)?;
+        txn.open_table(DELIVERIES).map_err(db_error)?;
+        txn.open_table(HELD).map_err(db_error)?;
+        txn.open_table(DUE).map_err(db_error)?;
+        txn.open_table(CONFIGS).map_err(db_error)?;
         txn.open_table(STATE).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
 
         let mut meta = Meta {
             queues: HashMap::new(),
             next_id: 1,
+            configs: HashMap::new(),
         };
         let (generation, lsn) = {
             let txn = db.begin_read().map_err(db_error)?;
@@ -169,6 +180,13 @@ impl EmbeddedStore {
                 let record = QueueMeta::decode(record.value())?;
                 meta.next_id = meta.next_id.max(record.id + 1);
                 meta.queues.insert(name.value().to_owned(), record);
+            }
+            let configs = txn.open_table(CONFIGS).map_err(db_error)?;
+            for entry in configs.iter().map_err(db_error)? {
+                let (name, json) = entry.map_err(db_error)?;
+                let config: QueueConfig = serde_json::from_slice(json.value())
+                    .map_err(|e| StoreError::Corrupted(format!("unreadable settings: {e}")))?;
+                meta.configs.insert(name.value().to_owned(), config);
             }
             let state = txn.open_table(STATE).map_err(db_error)?;
             let get = |key| -> Result<Option<u64>, StoreError> {
@@ -196,6 +214,7 @@ impl EmbeddedStore {
             db,
             meta,
             wal,
+            clock,
             fsync: options.fsync,
             shared: shared.clone(),
             handoffs: Some(handoffs),
@@ -244,11 +263,12 @@ impl EmbeddedStore {
         })
     }
 
-    /// Whether the queue may have messages; lets empty pops skip the writer.
+    /// Whether the queue may have messages to take (visible, or hidden ones that
+    /// may have come due); lets empty pops skip the writer.
     fn has_waiting(&self, queue: &str) -> bool {
         read(&self.shared.meta)
             .get(queue)
-            .is_some_and(|m| m.info.len > 0)
+            .is_some_and(|m| m.info.len + m.info.inflight + m.info.delayed > 0)
     }
 }
 
@@ -287,6 +307,78 @@ impl Store for EmbeddedStore {
         let queue = queue.to_owned();
         let weight = messages.iter().map(|m| m.value.len()).sum();
         self.submit(true, weight, move |b| b.restore(&queue, &messages))
+    }
+
+    fn receive<'a>(
+        &'a self,
+        queue: &'a str,
+        max: usize,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, Vec<Received>> {
+        if !self.has_waiting(queue) {
+            return Box::pin(async { Ok(Vec::new()) });
+        }
+        let queue = queue.to_owned();
+        self.submit(false, 0, move |b| b.receive(&queue, max, visibility_ms))
+    }
+
+    fn ack<'a>(
+        &'a self,
+        queue: &'a str,
+        receipts: Vec<(u64, u32)>,
+    ) -> StoreFuture<'a, Vec<(u64, u32)>> {
+        let queue = queue.to_owned();
+        self.submit(true, 0, move |b| b.ack(&queue, &receipts))
+    }
+
+    fn nack<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        delay_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        let queue = queue.to_owned();
+        self.submit(true, 0, move |b| b.nack(&queue, id, delivery, delay_ms))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        let queue = queue.to_owned();
+        self.submit(true, 0, move |b| {
+            b.extend(&queue, id, delivery, visibility_ms)
+        })
+    }
+
+    fn next_due<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<u64>> {
+        let hidden = read(&self.shared.meta)
+            .get(queue)
+            .is_some_and(|m| m.info.inflight + m.info.delayed > 0);
+        if !hidden {
+            return Box::pin(async { Ok(None) });
+        }
+        let queue = queue.to_owned();
+        self.submit(false, 0, move |b| b.next_due(&queue))
+    }
+
+    fn config<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, QueueConfig> {
+        let queue = queue.to_owned();
+        self.submit(false, 0, move |b| Ok(b.config(&queue)))
+    }
+
+    fn set_config<'a>(&'a self, queue: &'a str, config: QueueConfig) -> StoreFuture<'a, ()> {
+        let queue = queue.to_owned();
+        self.submit(true, 0, move |b| b.set_config(&queue, config))
+    }
+
+    fn redrive<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, u64> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.submit(true, 0, move |b| b.redrive(&from, &to))
     }
 
     fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
@@ -460,6 +552,7 @@ struct Writer {
     db: Database,
     meta: Meta,
     wal: Wal,
+    clock: Arc<dyn Clock>,
     fsync: bool,
     shared: Arc<Shared>,
     handoffs: Option<std_mpsc::Sender<Handoff>>,
@@ -583,7 +676,7 @@ impl Writer {
         loop {
             let (mut jobs, stop) = receive(rx);
             if !jobs.is_empty() {
-                batch.begin(now_millis());
+                batch.begin(self.clock.now());
                 let applied = jobs
                     .iter_mut()
                     .try_for_each(|job| job.apply(&mut batch))
@@ -654,7 +747,7 @@ impl Writer {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut batch = Batch::open(&txn, &mut self.meta)?;
-            batch.begin(now_millis());
+            batch.begin(self.clock.now());
             for frame in frames {
                 for op in Op::decode_all(frame)? {
                     batch.replay(&op)?;

@@ -10,9 +10,12 @@ pub(super) struct QueueMeta {
     pub info: QueueInfo,
 }
 
-const META_VERSION: u8 = 1;
+/// Version 1 records (27 bytes) lack the in-flight and delayed counts.
+const META_V1: u8 = 1;
+const META_V1_LEN: usize = 27;
+const META_VERSION: u8 = 2;
 /// Length of an encoded [`QueueMeta`].
-pub(super) const META_LEN: usize = 27;
+pub(super) const META_LEN: usize = 43;
 
 /// The stored number of a status: 0 unset, 1 started, 2 stopped.
 pub(super) fn status_code(status: Option<Status>) -> u8 {
@@ -58,7 +61,8 @@ pub(super) fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 impl QueueMeta {
-    /// version (1) | id (8) | last id (8) | len (8) | status (1) | policy (1), big-endian.
+    /// version (1) | id (8) | last id (8) | len (8) | status (1) | policy (1) |
+    /// in flight (8) | delayed (8), big-endian.
     pub fn encode(&self) -> [u8; META_LEN] {
         let mut out = [0u8; META_LEN];
         out[0] = META_VERSION;
@@ -67,13 +71,17 @@ impl QueueMeta {
         out[17..25].copy_from_slice(&self.info.len.to_be_bytes());
         out[25] = status_code(self.info.status);
         out[26] = policy_code(self.info.policy);
+        out[27..35].copy_from_slice(&self.info.inflight.to_be_bytes());
+        out[35..43].copy_from_slice(&self.info.delayed.to_be_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<QueueMeta, StoreError> {
-        if bytes.len() != META_LEN || bytes[0] != META_VERSION {
-            return Err(corrupted("unreadable queue record"));
-        }
+        let v2 = match (bytes.first(), bytes.len()) {
+            (Some(&META_VERSION), META_LEN) => true,
+            (Some(&META_V1), META_V1_LEN) => false,
+            _ => return Err(corrupted("unreadable queue record")),
+        };
         Ok(QueueMeta {
             id: u64_at(bytes, 1),
             info: QueueInfo {
@@ -81,6 +89,8 @@ impl QueueMeta {
                 len: u64_at(bytes, 17),
                 status: status_from_code(bytes[25])?,
                 policy: policy_from_code(bytes[26])?,
+                inflight: if v2 { u64_at(bytes, 27) } else { 0 },
+                delayed: if v2 { u64_at(bytes, 35) } else { 0 },
             },
         })
     }
@@ -106,6 +116,70 @@ pub(super) fn value_text(value: &[u8]) -> Result<String, StoreError> {
     String::from_utf8(value.to_vec()).map_err(|_| corrupted("message value is not UTF-8"))
 }
 
+/// Why a message is hidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeldState {
+    /// Received, not yet acknowledged.
+    InFlight,
+    /// Published or released with a delay.
+    Delayed,
+}
+
+impl HeldState {
+    pub fn code(self) -> u8 {
+        match self {
+            HeldState::InFlight => 1,
+            HeldState::Delayed => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Result<HeldState, StoreError> {
+        match code {
+            1 => Ok(HeldState::InFlight),
+            2 => Ok(HeldState::Delayed),
+            _ => Err(corrupted("unknown held state")),
+        }
+    }
+}
+
+/// A hidden message, stored until it is due (its visibility or delay ran out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Held {
+    pub state: HeldState,
+    pub due: u64,
+    pub deliveries: u32,
+    pub expires_at: u64,
+    pub value: Vec<u8>,
+}
+
+const HELD_HEADER: usize = 22;
+
+impl Held {
+    /// version (1) | state (1) | due (8) | deliveries (4) | expiry (8) | value.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(1);
+        out.push(self.state.code());
+        out.extend_from_slice(&self.due.to_be_bytes());
+        out.extend_from_slice(&self.deliveries.to_be_bytes());
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.extend_from_slice(&self.value);
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Held, StoreError> {
+        if raw.len() < HELD_HEADER || raw[0] != 1 {
+            return Err(corrupted("unreadable held message"));
+        }
+        Ok(Held {
+            state: HeldState::from_code(raw[1])?,
+            due: u64_at(raw, 2),
+            deliveries: u32::from_be_bytes([raw[10], raw[11], raw[12], raw[13]]),
+            expires_at: u64_at(raw, 14),
+            value: raw[HELD_HEADER..].to_vec(),
+        })
+    }
+}
+
 pub(super) fn expired(expires_at: u64, now: u64) -> bool {
     expires_at != 0 && expires_at <= now
 }
@@ -123,10 +197,17 @@ mod tests {
                 last_id: 99,
                 status: Some(Status::Stopped),
                 policy: Some(Policy::RoundRobin),
+                inflight: 2,
+                delayed: 1,
             },
         };
         assert_eq!(QueueMeta::decode(&meta.encode()).ok(), Some(meta));
         assert!(QueueMeta::decode(&[0u8; 3]).is_err());
+        // A version 1 record (before in-flight and delayed counts) still reads.
+        let mut v1 = meta.encode()[..27].to_vec();
+        v1[0] = 1;
+        let old = QueueMeta::decode(&v1).expect("a version 1 record");
+        assert_eq!((old.info.len, old.info.inflight), (3, 0));
         let mut bad = meta.encode();
         bad[26] = 9;
         assert!(QueueMeta::decode(&bad).is_err());
@@ -142,5 +223,25 @@ mod tests {
             (42, Some("héllo".to_owned()))
         );
         assert!(split_message(&[1, 2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    #[test]
+    fn held_records_round_trip() {
+        let held = Held {
+            state: HeldState::Delayed,
+            due: 1234,
+            deliveries: 3,
+            expires_at: 99,
+            value: b"v".to_vec(),
+        };
+        let mut buf = Vec::new();
+        held.encode(&mut buf);
+        assert_eq!(Held::decode(&buf).ok(), Some(held));
+        assert!(Held::decode(&buf[..5]).is_err());
     }
 }

@@ -55,6 +55,19 @@ pub(super) enum Op<'a> {
         status: u8,
         policy: u8,
     },
+    /// A visible message's delivery count set (0: forgotten).
+    Deliveries { queue: &'a str, id: u64, count: u32 },
+    /// A message hidden (in flight or delayed), or its record replaced.
+    Hold {
+        queue: &'a str,
+        id: u64,
+        /// The encoded held record.
+        record: &'a [u8],
+    },
+    /// A hidden message's record removed.
+    Unhold { queue: &'a str, id: u64 },
+    /// The queue's settings, as JSON.
+    Config { queue: &'a str, json: &'a [u8] },
 }
 
 impl Op<'_> {
@@ -102,6 +115,34 @@ impl Op<'_> {
                 out.push(status);
                 out.push(policy);
             }
+            Op::Deliveries {
+                queue: q,
+                id,
+                count,
+            } => {
+                queue(out, 6, q);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&u64::from(count).to_be_bytes());
+            }
+            Op::Hold {
+                queue: q,
+                id,
+                record,
+            } => {
+                queue(out, 7, q);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&(record.len() as u64).to_be_bytes());
+                out.extend_from_slice(record);
+            }
+            Op::Unhold { queue: q, id } => {
+                queue(out, 8, q);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Op::Config { queue: q, json } => {
+                queue(out, 9, q);
+                out.extend_from_slice(&(json.len() as u64).to_be_bytes());
+                out.extend_from_slice(json);
+            }
         }
     }
 
@@ -148,6 +189,28 @@ impl Op<'_> {
                         status: codes[0],
                         policy: codes[1],
                     }
+                }
+                6 => {
+                    let id = u64_field()?;
+                    let count = u32::try_from(u64_field()?).map_err(|_| bad())?;
+                    Op::Deliveries { queue, id, count }
+                }
+                7 => {
+                    let id = u64_field()?;
+                    let len = usize::try_from(u64_field()?).map_err(|_| bad())?;
+                    let (record, tail) = take(rest, len).ok_or_else(bad)?;
+                    rest = tail;
+                    Op::Hold { queue, id, record }
+                }
+                8 => Op::Unhold {
+                    queue,
+                    id: u64_field()?,
+                },
+                9 => {
+                    let len = usize::try_from(u64_field()?).map_err(|_| bad())?;
+                    let (json, tail) = take(rest, len).ok_or_else(bad)?;
+                    rest = tail;
+                    Op::Config { queue, json }
                 }
                 _ => return Err(bad()),
             };
@@ -345,6 +408,21 @@ mod tests {
                 queue: "q",
                 status: 2,
                 policy: 1,
+            },
+            Op::Deliveries {
+                queue: "q",
+                id: 4,
+                count: 2,
+            },
+            Op::Hold {
+                queue: "q",
+                id: 5,
+                record: b"held",
+            },
+            Op::Unhold { queue: "q", id: 5 },
+            Op::Config {
+                queue: "q",
+                json: b"{}",
             },
         ]
     }

@@ -23,6 +23,9 @@ pub struct QueueKeys {
     pub status: String,
     /// The policy (1 broadcast, 2 roundrobin).
     pub policy: String,
+    /// The seven keys every reliable-delivery script takes first: list, ready,
+    /// in flight, delayed, deliveries, dying, config.
+    pub seven: [String; 7],
 }
 
 impl Naming {
@@ -37,12 +40,41 @@ impl Naming {
             list: format!("{prefix}:queue"),
             status: format!("queuestat::{prefix}"),
             policy: format!("{prefix}:queuepolicy"),
+            seven: [
+                format!("{prefix}:queue"),
+                format!("{prefix}:ready"),
+                format!("{prefix}:inflight"),
+                format!("{prefix}:delayed"),
+                format!("{prefix}:deliveries"),
+                format!("{prefix}:dying"),
+                format!("{prefix}:config"),
+            ],
             prefix,
         }
     }
 }
 
 impl QueueKeys {
+    /// Settings of the queue (a hash).
+    pub fn config(&self) -> &str {
+        &self.seven[6]
+    }
+
+    /// Messages waiting to be moved to the dead-letter queue (a list).
+    pub fn dying(&self) -> &str {
+        &self.seven[5]
+    }
+
+    /// Messages in flight (a sorted set by due time).
+    pub fn inflight(&self) -> &str {
+        &self.seven[2]
+    }
+
+    /// Delayed messages (a sorted set by due time).
+    pub fn delayed(&self) -> &str {
+        &self.seven[3]
+    }
+
     /// The key of message `id`.
     pub fn message(&self, id: u64) -> String {
         format!("{}:{id}", self.prefix)

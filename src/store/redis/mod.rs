@@ -31,8 +31,8 @@ pub use self::keys::Naming;
 use self::keys::QueueKeys;
 use self::ring::Ring;
 use super::{
-    Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError, StoreEvent, StoreFuture,
-    now_millis,
+    Clock, Message, NewMessage, Policy, QueueConfig, QueueInfo, Received, Status, Store,
+    StoreError, StoreEvent, StoreFuture,
 };
 
 /// Where publishes and resumes are announced, per database:
@@ -217,40 +217,81 @@ enum Backend {
 pub struct RedisStore {
     backend: Backend,
     naming: Naming,
+    clock: Arc<dyn Clock>,
     /// This process, to tell its own shared messages from others'.
     origin: String,
     events: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
     description: String,
 }
 
-/// Parses the key, value, ttl triples a script returns.
-fn messages(keys: &QueueKeys, values: Vec<Value>, now: u64) -> Result<Vec<Message>, StoreError> {
+/// Parses `count` values per message from a script's answer (key, value, ttl,
+/// then anything else), after `skip` header values; the rest is returned.
+fn parse_messages(
+    keys: &QueueKeys,
+    values: &[Value],
+    per: usize,
+    now: u64,
+) -> Result<Vec<(Message, Vec<i64>)>, StoreError> {
     let bad = || StoreError::Corrupted("unexpected answer from a Redis script".into());
-    let mut out = Vec::with_capacity(values.len() / 3);
-    for triple in values.chunks(3) {
-        let [
-            Value::BulkString(key),
-            Value::BulkString(value),
-            Value::Int(ttl),
-        ] = triple
-        else {
+    let mut out = Vec::with_capacity(values.len() / per.max(1));
+    for chunk in values.chunks(per) {
+        let (Value::BulkString(key), Value::BulkString(value)) = (&chunk[0], &chunk[1]) else {
             return Err(bad());
         };
+        let numbers = chunk[2..]
+            .iter()
+            .map(|v| match v {
+                Value::Int(n) => Ok(*n),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<i64>, _>>()?;
         let id = keys
             .id_of(key)
             .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
-        out.push(Message {
-            id,
-            value: String::from_utf8_lossy(value).into_owned(),
-            expires_at: expiry(now, *ttl),
-        });
+        let ttl = numbers.first().copied().unwrap_or(-1);
+        out.push((
+            Message {
+                id,
+                value: String::from_utf8_lossy(value).into_owned(),
+                expires_at: expiry(now, ttl),
+            },
+            numbers,
+        ));
     }
     Ok(out)
+}
+
+/// The header numbers of a script's answer, and the rest.
+fn header(values: &[Value], count: usize) -> Result<(Vec<i64>, &[Value]), StoreError> {
+    if values.len() < count {
+        return Err(StoreError::Corrupted(
+            "short answer from a Redis script".into(),
+        ));
+    }
+    let numbers = values[..count]
+        .iter()
+        .map(|v| match v {
+            Value::Int(n) => Ok(*n),
+            _ => Err(StoreError::Corrupted(
+                "unexpected answer from a Redis script".into(),
+            )),
+        })
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok((numbers, &values[count..]))
 }
 
 /// An absolute expiry from a remaining ttl in ms (negative: none).
 fn expiry(now: u64, ttl_ms: i64) -> u64 {
     u64::try_from(ttl_ms).map_or(0, |ttl| now.saturating_add(ttl.max(1)))
+}
+
+/// A remaining ttl in ms from an absolute expiry (-1: none; 0: already expired).
+fn remaining_ttl(now: u64, expires_at: u64) -> i64 {
+    if expires_at == 0 {
+        -1
+    } else {
+        i64::try_from(expires_at.saturating_sub(now)).unwrap_or(i64::MAX)
+    }
 }
 
 fn status_of(value: Option<String>) -> Option<Status> {
@@ -268,32 +309,69 @@ fn policy_of(value: Option<String>) -> Option<Policy> {
         .and_then(Policy::from_code)
 }
 
-/// Counter, length, status and policy of a queue on one server.
+/// Adds the seven keys every reliable-delivery script takes first.
+fn with_keys<'a>(script: &'a redis::Script, keys: &'a QueueKeys) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in &keys.seven {
+        invocation.key(key);
+    }
+    invocation
+}
+
+/// What a queue holds on one server.
 async fn read_info(conn: &mut Conn, keys: &QueueKeys) -> Result<QueueInfo, StoreError> {
-    let (last, len, status, policy): (Option<u64>, u64, Option<String>, Option<String>) =
-        redis::pipe()
-            .get(&keys.counter)
-            .llen(&keys.list)
-            .get(&keys.status)
-            .get(&keys.policy)
-            .query_async(conn)
-            .await
-            .map_err(redis_error)?;
+    let (last, status, policy): (Option<u64>, Option<String>, Option<String>) = redis::pipe()
+        .get(&keys.counter)
+        .get(&keys.status)
+        .get(&keys.policy)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)?;
+    let (len, inflight, delayed): (u64, u64, u64) = with_keys(&scripts::COUNTS, keys)
+        .invoke_async(conn)
+        .await
+        .map_err(redis_error)?;
     Ok(QueueInfo {
         len,
         last_id: last.unwrap_or(0),
         status: status_of(status),
         policy: policy_of(policy),
+        inflight,
+        delayed,
     })
 }
 
 fn known(info: &QueueInfo) -> bool {
-    info.last_id > 0 || info.len > 0 || info.status.is_some() || info.policy.is_some()
+    info.last_id > 0
+        || info.len + info.inflight + info.delayed > 0
+        || info.status.is_some()
+        || info.policy.is_some()
+}
+
+/// What a receipt asks of its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Visible again (after a delay).
+    Release,
+    /// Hidden longer.
+    Extend,
+}
+
+/// One server a queue's messages may be on: an old holder (a ring that grew),
+/// or the owner.
+struct Place {
+    holder: Option<usize>,
+    conn: Conn,
 }
 
 impl RedisStore {
-    /// Connects (lazily: it starts even while Redis is unreachable) to `target`.
-    pub fn open(target: &RedisTarget, options: &RedisOptions) -> Result<RedisStore, StoreError> {
+    /// Connects (lazily: it starts even while Redis is unreachable) to `target`;
+    /// it reads the time from `clock`.
+    pub fn open(
+        target: &RedisTarget,
+        options: &RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisStore, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         // A random name: RandomState is seeded from the OS's randomness.
         let origin = format!(
@@ -359,6 +437,7 @@ impl RedisStore {
         Ok(RedisStore {
             backend,
             naming,
+            clock,
             origin,
             events: Mutex::new(Some(rx)),
             description,
@@ -383,22 +462,40 @@ impl RedisStore {
         Ok(Conn::Cluster(conn.clone()))
     }
 
-    /// Where `queue` lives: on a ring, its owner and the servers still holding
-    /// some of its messages (found, and the owner's counter raised past theirs,
-    /// on first use); on a cluster, the cluster.
-    async fn route(&self, queue: &str) -> Result<(Conn, Vec<(usize, Conn)>), StoreError> {
+    /// Where `queue`'s messages may be, to take them in order: on a ring, the
+    /// servers still holding some (found, and the owner's counter raised past
+    /// theirs, on first use), oldest first, then the owner; on a cluster, the
+    /// cluster. The last place is where new messages go.
+    async fn places(&self, queue: &str) -> Result<Vec<Place>, StoreError> {
         let ring = match &self.backend {
             Backend::Cluster(cluster) => {
-                return Ok((Self::cluster_conn(cluster).await?, Vec::new()));
+                let conn = Self::cluster_conn(cluster).await?;
+                return Ok(vec![Place { holder: None, conn }]);
             }
             Backend::Ring(ring) => ring,
         };
         let route = self.ring_route(ring, queue).await?;
-        let holders = lock(&route.holders)
+        let mut places: Vec<Place> = lock(&route.holders)
             .iter()
-            .map(|&i| (i, ring.nodes[i].conn()))
+            .map(|&i| Place {
+                holder: Some(i),
+                conn: ring.nodes[i].conn(),
+            })
             .collect();
-        Ok((ring.nodes[route.owner].conn(), holders))
+        places.push(Place {
+            holder: None,
+            conn: ring.nodes[route.owner].conn(),
+        });
+        Ok(places)
+    }
+
+    /// Where new messages of `queue` go.
+    async fn owner(&self, queue: &str) -> Result<Conn, StoreError> {
+        let mut places = self.places(queue).await?;
+        places
+            .pop()
+            .map(|place| place.conn)
+            .ok_or_else(|| StoreError::Unavailable("no Redis server for the queue".into()))
     }
 
     async fn ring_route(&self, ring: &RingBackend, queue: &str) -> Result<Arc<Route>, StoreError> {
@@ -453,7 +550,7 @@ impl RedisStore {
                 elsewhere.sort_by_key(|(_, info)| info.last_id);
                 holders = elsewhere
                     .into_iter()
-                    .filter(|(_, info)| info.len > 0)
+                    .filter(|(_, info)| info.len + info.inflight + info.delayed > 0)
                     .map(|(i, _)| i)
                     .collect();
             }
@@ -499,47 +596,209 @@ impl RedisStore {
 
     async fn info(&self, queue: &str) -> Result<Option<QueueInfo>, StoreError> {
         let keys = self.keys(queue);
-        let (mut owner, holders) = self.route(queue).await?;
-        let mut info = read_info(&mut owner, &keys).await?;
-        for (_, mut holder) in holders {
-            info.len += read_info(&mut holder, &keys).await?.len;
+        let mut places = self.places(queue).await?;
+        let Some(mut owner) = places.pop() else {
+            return Ok(None);
+        };
+        let mut info = read_info(&mut owner.conn, &keys).await?;
+        for mut place in places {
+            let held = read_info(&mut place.conn, &keys).await?;
+            info.len += held.len;
+            info.inflight += held.inflight;
+            info.delayed += held.delayed;
         }
         Ok(known(&info).then_some(info))
     }
 
-    async fn pop_from(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
+    /// Takes up to `max` messages from wherever they are, oldest place first,
+    /// with `script` (POP, or RECEIVE with `extra` ARGV after max and now);
+    /// returns each message with the script's numbers for it.
+    async fn take(
+        &self,
+        queue: &str,
+        max: usize,
+        script: &redis::Script,
+        per: usize,
+        extra: &[u64],
+    ) -> Result<Vec<(Message, Vec<i64>)>, StoreError> {
         let keys = self.keys(queue);
-        let (mut owner, holders) = self.route(queue).await?;
         let mut out = Vec::new();
-        for (index, mut holder) in holders {
-            let got = self.pop_one(&mut holder, &keys, max - out.len()).await?;
-            if got.is_empty() {
-                self.drained(queue, index);
-                continue;
+        for mut place in self.places(queue).await? {
+            let now = self.clock.now();
+            let mut invocation = with_keys(script, &keys);
+            invocation.arg(max - out.len()).arg(now);
+            for arg in extra {
+                invocation.arg(*arg);
             }
-            out.extend(got);
+            let values: Vec<Value> = invocation
+                .invoke_async(&mut place.conn)
+                .await
+                .map_err(redis_error)?;
+            let (counts, rest) = header(&values, 2)?;
+            if counts[0] > 0 {
+                self.bury(queue, &keys, &mut place.conn).await?;
+            }
+            out.extend(parse_messages(&keys, rest, per, now)?);
+            if let (Some(holder), 0) = (place.holder, counts[1]) {
+                self.drained(queue, holder);
+            }
             if out.len() >= max {
-                return Ok(out);
+                break;
             }
         }
-        let got = self.pop_one(&mut owner, &keys, max - out.len()).await?;
-        out.extend(got);
         Ok(out)
     }
 
-    async fn pop_one(
-        &self,
-        conn: &mut Conn,
-        keys: &QueueKeys,
-        max: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        let values: Vec<Value> = scripts::POP
-            .key(&keys.list)
-            .arg(max)
-            .invoke_async(conn)
+    /// Moves the messages a script found received too often to the dead-letter
+    /// queue: each is copied there first, then removed here, so a crash in
+    /// between leaves it in both places, never in neither.
+    async fn bury(&self, queue: &str, keys: &QueueKeys, conn: &mut Conn) -> Result<(), StoreError> {
+        let config = self.read_config(queue, conn).await?;
+        let dead = config.dead_letter_of(queue);
+        loop {
+            let dying: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(keys.dying())
+                .arg(0)
+                .arg(63)
+                .query_async(conn)
+                .await
+                .map_err(redis_error)?;
+            if dying.is_empty() {
+                return Ok(());
+            }
+            for key in dying {
+                let (value, ttl): (Option<String>, i64) = redis::pipe()
+                    .get(&key)
+                    .pttl(&key)
+                    .query_async(conn)
+                    .await
+                    .map_err(redis_error)?;
+                if let Some(value) = value {
+                    let ttl = u64::try_from(ttl).ok().map(|ms| ms.div_ceil(1000));
+                    let message = NewMessage {
+                        value,
+                        ttl,
+                        delay: None,
+                    };
+                    self.publish_many(&dead, vec![message]).await?;
+                }
+                with_keys(&scripts::BURY, keys)
+                    .arg(&key)
+                    .invoke_async::<()>(conn)
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
+    }
+
+    async fn read_config(&self, queue: &str, conn: &mut Conn) -> Result<QueueConfig, StoreError> {
+        let keys = self.keys(queue);
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.config())
+            .query_async(conn)
             .await
             .map_err(redis_error)?;
-        messages(keys, values, now_millis())
+        let number = |name: &str, default: u64| {
+            fields
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let defaults = QueueConfig::default();
+        Ok(QueueConfig {
+            visibility: number("visibility", defaults.visibility),
+            max_receives: number("max_receives", defaults.max_receives),
+            dead_letter: fields.get("dead_letter").cloned(),
+            max_len: number("max_len", defaults.max_len),
+            retention: number("retention", defaults.retention),
+        })
+    }
+
+    async fn publish_many(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let keys = self.keys(queue);
+        let mut conn = self.owner(queue).await?;
+        let cluster = matches!(self.backend, Backend::Cluster(_));
+        let mut invocation = with_keys(&scripts::PUBLISH, &keys);
+        invocation
+            .key(&keys.counter)
+            .key(&keys.status)
+            .arg(&keys.prefix)
+            .arg(queue)
+            .arg(if cluster { "0" } else { "1" })
+            .arg(self.changed_for(queue))
+            .arg(self.clock.now());
+        for message in &messages {
+            let delay = message.delay.unwrap_or(0).saturating_mul(1000);
+            invocation
+                .arg(&message.value)
+                .arg(message.ttl.unwrap_or(0))
+                .arg(delay);
+        }
+        let ids: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if let [-1, max_len] = ids[..] {
+            return Err(StoreError::Full(u64::try_from(max_len).unwrap_or(0)));
+        }
+        let ids: Vec<u64> = ids
+            .into_iter()
+            .filter_map(|id| u64::try_from(id).ok())
+            .collect();
+        // On a cluster QUEUESET lives in another slot than the queue's keys.
+        if cluster && ids.first() == Some(&1) {
+            redis::cmd("SADD")
+                .arg("QUEUESET")
+                .arg(queue)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(ids)
+    }
+
+    /// Releases (`ms` of delay) or extends (`ms` of visibility) a delivery, on
+    /// whichever place has it in flight.
+    async fn settle_delivery(
+        &self,
+        queue: &str,
+        change: Change,
+        id: u64,
+        delivery: u32,
+        ms: u64,
+    ) -> Result<bool, StoreError> {
+        let keys = self.keys(queue);
+        let key = keys.message(id);
+        let script = match change {
+            Change::Release => &*scripts::NACK,
+            Change::Extend => &*scripts::EXTEND,
+        };
+        for mut place in self.places(queue).await? {
+            let mut invocation = with_keys(script, &keys);
+            invocation
+                .arg(&key)
+                .arg(delivery)
+                .arg(self.clock.now())
+                .arg(ms);
+            if change == Change::Release {
+                invocation.arg(self.changed_for(queue)).arg(queue);
+            }
+            let outcome: u8 = invocation
+                .invoke_async(&mut place.conn)
+                .await
+                .map_err(redis_error)?;
+            if outcome == 2 {
+                self.bury(queue, &keys, &mut place.conn).await?;
+            }
+            if outcome > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -639,71 +898,42 @@ impl Store for RedisStore {
         queue: &'a str,
         messages: Vec<NewMessage>,
     ) -> StoreFuture<'a, Vec<u64>> {
-        Box::pin(async move {
-            let keys = self.keys(queue);
-            let (mut conn, _) = self.route(queue).await?;
-            let cluster = matches!(self.backend, Backend::Cluster(_));
-            let mut invocation = scripts::PUBLISH.prepare_invoke();
-            invocation
-                .key(&keys.counter)
-                .key(&keys.list)
-                .key(&keys.status)
-                .arg(&keys.prefix)
-                .arg(queue)
-                .arg(if cluster { "0" } else { "1" })
-                .arg(self.changed_for(queue));
-            for message in &messages {
-                invocation.arg(&message.value).arg(message.ttl.unwrap_or(0));
-            }
-            let ids: Vec<u64> = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            // On a cluster QUEUESET lives in another slot than the queue's keys.
-            if cluster && ids.first() == Some(&1) {
-                redis::cmd("SADD")
-                    .arg("QUEUESET")
-                    .arg(queue)
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-            }
-            Ok(ids)
-        })
+        Box::pin(async move { self.publish_many(queue, messages).await })
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
-        Box::pin(async move { Ok(self.pop_from(queue, 1).await?.into_iter().next()) })
+        Box::pin(async move {
+            let taken = self.take(queue, 1, &scripts::POP, 3, &[]).await?;
+            Ok(taken.into_iter().next().map(|(message, _)| message))
+        })
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
-        Box::pin(async move { self.pop_from(queue, max.max(1)).await })
+        Box::pin(async move {
+            let taken = self.take(queue, max.max(1), &scripts::POP, 3, &[]).await?;
+            Ok(taken.into_iter().map(|(message, _)| message).collect())
+        })
     }
 
     fn restore<'a>(&'a self, queue: &'a str, mut messages: Vec<Message>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (mut conn, _) = self.route(queue).await?;
-            let now = now_millis();
+            let mut conn = self.owner(queue).await?;
+            let now = self.clock.now();
             messages.retain(|m| m.expires_at == 0 || m.expires_at > now);
             if messages.is_empty() {
                 return Ok(());
             }
-            // Highest first: each goes to the head, so the lowest ends up first.
-            messages.sort_by_key(|m| std::cmp::Reverse(m.id));
-            let mut invocation = scripts::RESTORE.prepare_invoke();
+            let mut invocation = with_keys(&scripts::RESTORE, &keys);
             invocation
-                .key(&keys.list)
                 .arg(&keys.prefix)
                 .arg(self.changed_for(queue))
                 .arg(queue);
             for message in &messages {
-                let ttl = if message.expires_at == 0 {
-                    -1
-                } else {
-                    i64::try_from(message.expires_at - now).unwrap_or(i64::MAX)
-                };
-                invocation.arg(message.id).arg(&message.value).arg(ttl);
+                invocation
+                    .arg(message.id)
+                    .arg(&message.value)
+                    .arg(remaining_ttl(now, message.expires_at));
             }
             invocation
                 .invoke_async::<()>(&mut conn)
@@ -712,36 +942,204 @@ impl Store for RedisStore {
         })
     }
 
+    fn receive<'a>(
+        &'a self,
+        queue: &'a str,
+        max: usize,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, Vec<Received>> {
+        Box::pin(async move {
+            let taken = self
+                .take(queue, max.max(1), &scripts::RECEIVE, 4, &[visibility_ms])
+                .await?;
+            Ok(taken
+                .into_iter()
+                .map(|(message, numbers)| Received {
+                    message,
+                    delivery: numbers
+                        .get(1)
+                        .and_then(|&d| u32::try_from(d).ok())
+                        .unwrap_or(1),
+                })
+                .collect())
+        })
+    }
+
+    fn ack<'a>(
+        &'a self,
+        queue: &'a str,
+        receipts: Vec<(u64, u32)>,
+    ) -> StoreFuture<'a, Vec<(u64, u32)>> {
+        Box::pin(async move {
+            let keys = self.keys(queue);
+            let mut left = receipts;
+            let mut stale = Vec::new();
+            for mut place in self.places(queue).await?.into_iter().rev() {
+                if left.is_empty() {
+                    break;
+                }
+                let mut invocation = with_keys(&scripts::ACK, &keys);
+                invocation.arg(&keys.prefix).arg(self.clock.now());
+                for (id, delivery) in &left {
+                    invocation.arg(*id).arg(*delivery);
+                }
+                let (stale_here, absent): (Vec<u64>, Vec<u64>) = invocation
+                    .invoke_async(&mut place.conn)
+                    .await
+                    .map_err(redis_error)?;
+                stale.extend(
+                    left.iter()
+                        .filter(|(id, _)| stale_here.contains(id))
+                        .copied(),
+                );
+                left.retain(|(id, _)| absent.contains(id));
+            }
+            // Receipts of messages in flight nowhere are stale too.
+            stale.extend(left);
+            Ok(stale)
+        })
+    }
+
+    fn nack<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        delay_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.settle_delivery(queue, Change::Release, id, delivery, delay_ms)
+                .await
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.settle_delivery(queue, Change::Extend, id, delivery, visibility_ms)
+                .await
+        })
+    }
+
+    fn next_due<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let keys = self.keys(queue);
+            let mut next: Option<u64> = None;
+            for mut place in self.places(queue).await? {
+                let (inflight, delayed): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+                    .cmd("ZRANGE")
+                    .arg(keys.inflight())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .cmd("ZRANGE")
+                    .arg(keys.delayed())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut place.conn)
+                    .await
+                    .map_err(redis_error)?;
+                for (_, due) in inflight.into_iter().chain(delayed) {
+                    // Scores are whole milliseconds.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let due = due as u64;
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
+            Ok(next)
+        })
+    }
+
+    fn config<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, QueueConfig> {
+        Box::pin(async move {
+            let mut conn = self.owner(queue).await?;
+            self.read_config(queue, &mut conn).await
+        })
+    }
+
+    fn set_config<'a>(&'a self, queue: &'a str, config: QueueConfig) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let keys = self.keys(queue);
+            let mut conn = self.owner(queue).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(keys.config()).ignore();
+            pipe.hset_multiple(
+                keys.config(),
+                &[
+                    ("visibility", config.visibility),
+                    ("max_receives", config.max_receives),
+                    ("max_len", config.max_len),
+                    ("retention", config.retention),
+                ],
+            )
+            .ignore();
+            if let Some(dead) = &config.dead_letter {
+                pipe.hset(keys.config(), "dead_letter", dead).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
+        })
+    }
+
+    fn redrive<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            // Hidden while copied, deleted once copied: a crash in between makes
+            // it visible in `from` again, so it is never lost.
+            let mut moved = 0;
+            loop {
+                let batch = self.receive(from, 64, 600_000).await?;
+                if batch.is_empty() {
+                    return Ok(moved);
+                }
+                let now = self.clock.now();
+                let messages = batch
+                    .iter()
+                    .map(|r| NewMessage {
+                        value: r.message.value.clone(),
+                        ttl: (r.message.expires_at > 0)
+                            .then(|| r.message.expires_at.saturating_sub(now).div_ceil(1000)),
+                        delay: None,
+                    })
+                    .collect();
+                self.publish_many(to, messages).await?;
+                let receipts = batch.iter().map(|r| (r.message.id, r.delivery)).collect();
+                self.ack(from, receipts).await?;
+                moved += batch.len() as u64;
+            }
+        })
+    }
+
     fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (owner, holders) = self.route(queue).await?;
-            let mut candidates: Vec<(Option<usize>, Conn)> =
-                holders.into_iter().map(|(i, c)| (Some(i), c)).collect();
-            candidates.push((None, owner));
-            for (holder, mut conn) in candidates {
-                let answer: Option<(Vec<u8>, Vec<u8>, u64, i64)> = scripts::PEEK
-                    .key(&keys.list)
-                    .invoke_async(&mut conn)
+            for mut place in self.places(queue).await? {
+                let now = self.clock.now();
+                let values: Vec<Value> = with_keys(&scripts::PEEK, &keys)
+                    .arg(now)
+                    .invoke_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
-                match answer {
-                    Some((key, value, count, ttl)) => {
-                        let id = keys.id_of(&key).ok_or_else(|| {
-                            StoreError::Corrupted(format!("a foreign key in {}", keys.list))
-                        })?;
-                        let message = Message {
-                            id,
-                            value: String::from_utf8_lossy(&value).into_owned(),
-                            expires_at: expiry(now_millis(), ttl),
-                        };
+                let (counts, rest) = header(&values, 1)?;
+                if counts[0] > 0 {
+                    self.bury(queue, &keys, &mut place.conn).await?;
+                }
+                if rest.len() == 4 {
+                    let mut parsed = parse_messages(&keys, rest, 4, now)?;
+                    if let Some((message, numbers)) = parsed.pop() {
+                        let count = numbers
+                            .get(1)
+                            .and_then(|&c| u64::try_from(c).ok())
+                            .unwrap_or(1);
                         return Ok(Some((message, count)));
                     }
-                    None => {
-                        if let Some(holder) = holder {
-                            self.drained(queue, holder);
-                        }
-                    }
+                }
+                if let Some(holder) = place.holder {
+                    self.drained(queue, holder);
                 }
             }
             Ok(None)
@@ -751,13 +1149,11 @@ impl Store for RedisStore {
     fn delete<'a>(&'a self, queue: &'a str, id: u64) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (owner, holders) = self.route(queue).await?;
             let message = keys.message(id);
-            for mut conn in std::iter::once(owner).chain(holders.into_iter().map(|(_, c)| c)) {
-                let deleted: u8 = scripts::DELETE
-                    .key(&keys.list)
+            for mut place in self.places(queue).await?.into_iter().rev() {
+                let deleted: u8 = with_keys(&scripts::DELETE, &keys)
                     .key(&message)
-                    .invoke_async(&mut conn)
+                    .invoke_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
                 if deleted == 1 {
@@ -771,18 +1167,14 @@ impl Store for RedisStore {
     fn purge<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (owner, holders) = self.route(queue).await?;
             let mut existed = false;
-            for (holder, mut conn) in
-                std::iter::once((None, owner)).chain(holders.into_iter().map(|(i, c)| (Some(i), c)))
-            {
-                let found: u8 = scripts::PURGE
-                    .key(&keys.list)
-                    .invoke_async(&mut conn)
+            for mut place in self.places(queue).await? {
+                let found: u8 = with_keys(&scripts::PURGE, &keys)
+                    .invoke_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
                 existed |= found == 1;
-                if let Some(holder) = holder {
+                if let Some(holder) = place.holder {
                     self.drained(queue, holder);
                 }
             }
@@ -793,7 +1185,7 @@ impl Store for RedisStore {
     fn set_policy<'a>(&'a self, queue: &'a str, policy: Policy) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (mut conn, _) = self.route(queue).await?;
+            let mut conn = self.owner(queue).await?;
             redis::cmd("SET")
                 .arg(&keys.policy)
                 .arg(policy.code())
@@ -806,7 +1198,7 @@ impl Store for RedisStore {
     fn set_status<'a>(&'a self, queue: &'a str, status: Status) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (mut conn, _) = self.route(queue).await?;
+            let mut conn = self.owner(queue).await?;
             let channel = if status == Status::Started {
                 self.changed_for(queue)
             } else {
@@ -857,35 +1249,37 @@ impl Store for RedisStore {
     fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let (owner, holders) = self.route(queue).await?;
-            let now = now_millis();
             let mut out = Vec::new();
-            for mut conn in std::iter::once(owner).chain(holders.into_iter().map(|(_, c)| c)) {
+            // Newest first: the owner's list, then what came back, then holders.
+            for mut place in self.places(queue).await?.into_iter().rev() {
                 if out.len() >= count {
                     break;
                 }
                 let wanted = isize::try_from(count - out.len()).unwrap_or(isize::MAX);
-                let listed: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                    .arg(&keys.list)
-                    .arg(0)
-                    .arg(wanted - 1)
-                    .query_async(&mut conn)
+                let (mut listed, ready): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+                    .lrange(&keys.list, 0, wanted - 1)
+                    .zrevrange(&keys.seven[1], 0, wanted - 1)
+                    .query_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
+                listed.extend(ready);
                 if listed.is_empty() {
                     continue;
                 }
                 let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                     .arg(&listed)
-                    .query_async(&mut conn)
+                    .query_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
                 for (key, value) in listed.iter().zip(values) {
+                    if out.len() >= count {
+                        break;
+                    }
                     if let (Some(id), Some(value)) = (keys.id_of(key), value) {
                         out.push(Message {
                             id,
                             value: String::from_utf8_lossy(&value).into_owned(),
-                            expires_at: expiry(now, -1),
+                            expires_at: 0,
                         });
                     }
                 }
@@ -931,7 +1325,7 @@ impl Store for RedisStore {
     fn share<'a>(&'a self, queue: &'a str, messages: &'a [Message]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let payload = encode_streamed(&self.origin, queue, messages);
-            let (mut conn, _) = self.route(queue).await?;
+            let mut conn = self.owner(queue).await?;
             redis::cmd("PUBLISH")
                 .arg(streamed_channel(self.db_of(queue)))
                 .arg(payload)

@@ -1,34 +1,119 @@
 //! The Lua scripts that make each multi-key step atomic on Redis. They work on
 //! the original RestMQ's keyspace: `<q>:UUID` (counter), `<q>:<n>` (value),
 //! `<q>:queue` (list of keys, LPUSH to publish, RPOP to pop), `queuestat::<q>`,
-//! `<q>:<n>:refcount` and `QUEUESET`. Message keys are built inside the scripts
-//! from a prefix (`<q>`, or `{<q>}` on a cluster) so they share their queue's slot.
+//! `<q>:<n>:refcount` and `QUEUESET`; and on restmq's own keys for reliable
+//! delivery (unknown to the original, which ignores them):
+//!
+//! - `<q>:ready`: sorted set (score: number) of messages that came back
+//!   (redelivered, released, delayed ones come due, or put back); taken before
+//!   the list, so messages always leave in key order;
+//! - `<q>:inflight` and `<q>:delayed`: sorted sets (score: when due, ms);
+//! - `<q>:deliveries`: hash, number -> times received;
+//! - `<q>:config`: hash of the queue's settings;
+//! - `<q>:dying`: list of keys received too often, for the store to move to the
+//!   dead-letter queue (a queue elsewhere, so not in the same script).
+//!
+//! Message keys are built from a prefix (`<q>`, or `{<q>}` on a cluster) so that
+//! they share their queue's slot. Every script that takes or reads messages
+//! first settles the hidden ones that came due. KEYS are always, in this order:
+//! list, ready, inflight, delayed, deliveries, dying, config (then more).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Appends messages. KEYS: counter, list, status. ARGV: prefix, queue name,
-/// `1` to add the queue to QUEUESET here, channel to notify (or empty), then a
-/// value and a ttl in seconds (0: none) per message. Returns the numbers.
-/// The status is set to started on a queue's first message unless already set.
+/// Shared by the scripts: names of the queue's keys, and settling.
+const PRELUDE: &str = r"
+local LIST, READY, INFLIGHT, DELAYED, DELIVERIES, DYING, CONFIG =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+
+local function id_of(key)
+  return tonumber(string.match(key, ':(%d+)$'))
+end
+
+-- Hidden messages that came due: dropped when expired, to DYING when received
+-- max_receives times, otherwise back in READY.
+local function settle(now)
+  local max = tonumber(redis.call('HGET', CONFIG, 'max_receives') or '0')
+  for _, set in ipairs({INFLIGHT, DELAYED}) do
+    local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 512)
+    for _, key in ipairs(due) do
+      redis.call('ZREM', set, key)
+      local id = id_of(key)
+      if redis.call('EXISTS', key) == 0 then
+        redis.call('HDEL', DELIVERIES, id)
+        redis.call('DEL', key .. ':refcount')
+      elseif set == INFLIGHT and max > 0 and
+          tonumber(redis.call('HGET', DELIVERIES, id) or '0') >= max then
+        redis.call('RPUSH', DYING, key)
+      else
+        redis.call('ZADD', READY, id, key)
+      end
+    end
+  end
+end
+
+-- The next visible key, taken: the lowest in READY, else the list's head.
+local function take()
+  local ready = redis.call('ZPOPMIN', READY)
+  if ready[1] then return ready[1] end
+  return redis.call('RPOP', LIST)
+end
+
+-- Messages of the queue left anywhere (0: nothing more to find here).
+local function remaining()
+  return redis.call('LLEN', LIST) + redis.call('ZCARD', READY) +
+    redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', DELAYED) + redis.call('LLEN', DYING)
+end
+
+-- Whether delivery `d` of key is current: in flight, same count, not yet due.
+local function current(key, d, now)
+  local due = redis.call('ZSCORE', INFLIGHT, key)
+  if not due or tonumber(due) <= now then return false end
+  return tonumber(redis.call('HGET', DELIVERIES, id_of(key)) or '0') == d
+end
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// Appends messages. KEYS: the seven, then counter, status. ARGV: prefix,
+/// queue name, `1` to add the queue to QUEUESET here, channel to notify (or
+/// empty), now, then value, ttl (s, 0: none) and delay (ms, 0: none) per
+/// message. Returns the numbers, or `{-1, max_len}` when the queue is full.
+/// The status is set to started unless already set; the queue's retention
+/// bounds every ttl.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
+local max_len = tonumber(redis.call('HGET', CONFIG, 'max_len') or '0')
+local count = (#ARGV - 5) / 3
+if max_len > 0 and remaining() + count > max_len then
+  return {-1, max_len}
+end
+local now = tonumber(ARGV[5])
+local keep = tonumber(redis.call('HGET', CONFIG, 'retention') or '0')
 local ids = {}
-for i = 5, #ARGV, 2 do
-  local n = redis.call('INCR', KEYS[1])
+for i = 6, #ARGV, 3 do
+  local n = redis.call('INCR', KEYS[8])
   local key = ARGV[1] .. ':' .. n
   local ttl = tonumber(ARGV[i + 1])
+  if keep > 0 and (ttl == 0 or ttl > keep) then ttl = keep end
   if ttl > 0 then
     redis.call('SET', key, ARGV[i], 'EX', ttl)
   else
     redis.call('SET', key, ARGV[i])
   end
-  redis.call('LPUSH', KEYS[2], key)
+  local delay = tonumber(ARGV[i + 2])
+  if delay > 0 then
+    redis.call('ZADD', DELAYED, now + delay, key)
+  else
+    redis.call('LPUSH', LIST, key)
+  end
   ids[#ids + 1] = n
 end
-redis.call('SETNX', KEYS[3], 1)
+redis.call('SETNX', KEYS[9], 1)
 if ARGV[3] == '1' then
   redis.call('SADD', 'QUEUESET', ARGV[2])
 end
@@ -40,16 +125,17 @@ return ids
     )
 });
 
-/// Takes up to ARGV[1] messages from the head. KEYS: list. Returns key, value
-/// and remaining ttl in ms (-1: none) per message. Keys whose value expired are
-/// dropped on the way.
+/// Takes up to ARGV[1] messages from the head. ARGV: max, now. Returns
+/// messages waiting to be dead-lettered, messages left, then key, value and
+/// remaining ttl in ms (-1: none) per message.
 pub static POP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
-local out = {}
+settle(tonumber(ARGV[2]))
+local out = {0, 0}
 local max = tonumber(ARGV[1])
-while #out < max * 3 do
-  local key = redis.call('RPOP', KEYS[1])
+while #out < 2 + max * 3 do
+  local key = take()
   if not key then break end
   local value = redis.call('GET', key)
   if value then
@@ -58,50 +144,172 @@ while #out < max * 3 do
     out[#out + 1] = redis.call('PTTL', key)
   end
   redis.call('DEL', key, key .. ':refcount')
+  redis.call('HDEL', DELIVERIES, id_of(key))
 end
+out[1] = redis.call('LLEN', DYING)
+out[2] = remaining()
 return out
 ",
     )
 });
 
-/// Reads the head without taking it, counting the read. KEYS: list. Returns key,
-/// value, read count and remaining ttl in ms, or nil when empty.
-pub static PEEK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Receives up to ARGV[1] messages, hiding each. ARGV: max, now, visibility
+/// (ms). Returns messages waiting to be dead-lettered, messages left, then key,
+/// value, remaining ttl and delivery count per message.
+pub static RECEIVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
         r"
+local now = tonumber(ARGV[2])
+settle(now)
+local out = {0, 0}
+local max = tonumber(ARGV[1])
+while #out < 2 + max * 4 do
+  local key = take()
+  if not key then break end
+  local id = id_of(key)
+  local value = redis.call('GET', key)
+  if value then
+    local d = redis.call('HINCRBY', DELIVERIES, id, 1)
+    redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[3]), key)
+    out[#out + 1] = key
+    out[#out + 1] = value
+    out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = d
+  else
+    redis.call('DEL', key .. ':refcount')
+    redis.call('HDEL', DELIVERIES, id)
+  end
+end
+out[1] = redis.call('LLEN', DYING)
+out[2] = remaining()
+return out
+",
+    )
+});
+
+/// Acknowledges deliveries. ARGV: prefix, now, then number and delivery per
+/// receipt. Receipts of messages not in flight here are answered as absent;
+/// if any present one is stale, nothing changes. Returns `{stale…}, {absent…}`
+/// as numbers.
+pub static ACK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local now = tonumber(ARGV[2])
+local stale, absent, here = {}, {}, {}
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1] .. ':' .. ARGV[i]
+  if not redis.call('ZSCORE', INFLIGHT, key) then
+    absent[#absent + 1] = ARGV[i]
+  elseif current(key, tonumber(ARGV[i + 1]), now) then
+    here[#here + 1] = key
+  else
+    stale[#stale + 1] = ARGV[i]
+  end
+end
+if #stale == 0 then
+  for _, key in ipairs(here) do
+    redis.call('ZREM', INFLIGHT, key)
+    redis.call('HDEL', DELIVERIES, id_of(key))
+    redis.call('DEL', key, key .. ':refcount')
+  end
+end
+return {stale, absent}
+",
+    )
+});
+
+/// Releases a delivery. ARGV: key, delivery, now, delay (ms), channel to notify
+/// (or empty), queue name. Returns 0 when stale, 1 when visible or delayed
+/// again, 2 when it went to be dead-lettered.
+pub static NACK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local key, now = ARGV[1], tonumber(ARGV[3])
+if not current(key, tonumber(ARGV[2]), now) then return 0 end
+redis.call('ZREM', INFLIGHT, key)
+local id = id_of(key)
+local max = tonumber(redis.call('HGET', CONFIG, 'max_receives') or '0')
+if max > 0 and tonumber(ARGV[2]) >= max then
+  redis.call('RPUSH', DYING, key)
+  return 2
+end
+local delay = tonumber(ARGV[4])
+if delay > 0 then
+  redis.call('ZADD', DELAYED, now + delay, key)
+else
+  redis.call('ZADD', READY, id, key)
+  if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+end
+return 1
+",
+    )
+});
+
+/// Hides a delivery longer. ARGV: key, delivery, now, visibility (ms). Returns
+/// 1, or 0 when stale.
+pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local key, now = ARGV[1], tonumber(ARGV[3])
+if not current(key, tonumber(ARGV[2]), now) then return 0 end
+redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[4]), key)
+return 1
+",
+    )
+});
+
+/// Reads the head without taking it, counting the read. ARGV: now. Returns
+/// messages waiting to be dead-lettered, then key, value, remaining ttl in ms
+/// and read count, or only the first when empty.
+pub static PEEK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+settle(tonumber(ARGV[1]))
 while true do
-  local key = redis.call('LINDEX', KEYS[1], -1)
-  if not key then return nil end
+  local key = nil
+  local ready = redis.call('ZRANGE', READY, 0, 0)
+  if ready[1] then key = ready[1] else key = redis.call('LINDEX', LIST, -1) end
+  if not key then return {redis.call('LLEN', DYING)} end
   local value = redis.call('GET', key)
   if value then
     local count = redis.call('INCR', key .. ':refcount')
-    return {key, value, count, redis.call('PTTL', key)}
+    return {redis.call('LLEN', DYING), key, value, redis.call('PTTL', key), count}
   end
-  redis.call('RPOP', KEYS[1])
+  take()
   redis.call('DEL', key .. ':refcount')
+  redis.call('HDEL', DELIVERIES, id_of(key))
 end
 ",
     )
 });
 
-/// Deletes one message. KEYS: list, message key. Returns 1 when it was waiting.
+/// Deletes one message, wherever it is. KEYS: the seven, then the message key.
+/// Returns 1 when it was there.
 pub static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
-local removed = redis.call('LREM', KEYS[1], 0, KEYS[2])
-local existed = redis.call('DEL', KEYS[2])
-redis.call('DEL', KEYS[2] .. ':refcount')
-if removed > 0 and existed > 0 then return 1 end
+local key = KEYS[8]
+local found = redis.call('LREM', LIST, 0, key) + redis.call('ZREM', READY, key) +
+  redis.call('ZREM', INFLIGHT, key) + redis.call('ZREM', DELAYED, key) +
+  redis.call('LREM', DYING, 0, key)
+local existed = redis.call('DEL', key)
+redis.call('DEL', key .. ':refcount')
+redis.call('HDEL', DELIVERIES, id_of(key))
+if found > 0 and existed > 0 then return 1 end
 return 0
 ",
     )
 });
 
-/// Deletes every waiting message. KEYS: list. Returns 1 when the list existed.
+/// Deletes every message of the queue. Returns 1 when there were any.
 pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
-local keys = redis.call('LRANGE', KEYS[1], 0, -1)
+local keys = redis.call('LRANGE', LIST, 0, -1)
+for _, set in ipairs({READY, INFLIGHT, DELAYED}) do
+  for _, key in ipairs(redis.call('ZRANGE', set, 0, -1)) do keys[#keys + 1] = key end
+end
+for _, key in ipairs(redis.call('LRANGE', DYING, 0, -1)) do keys[#keys + 1] = key end
 for i = 1, #keys, 500 do
   local chunk = {}
   for j = i, math.min(i + 499, #keys) do
@@ -110,16 +318,18 @@ for i = 1, #keys, 500 do
   end
   redis.call('UNLINK', unpack(chunk))
 end
-return redis.call('DEL', KEYS[1])
+redis.call('DEL', READY, INFLIGHT, DELAYED, DELIVERIES, DYING)
+if redis.call('DEL', LIST) > 0 or #keys > 0 then return 1 end
+return 0
 ",
     )
 });
 
-/// Puts messages back at the head under their own keys. KEYS: list. ARGV:
+/// Puts messages back under their own keys, in key order at the head. ARGV:
 /// prefix, channel to notify (or empty), queue name, then number, value and
-/// remaining ttl in ms (-1: none) per message, highest number first.
+/// remaining ttl in ms (-1: none) per message.
 pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
 for i = 4, #ARGV, 3 do
   local key = ARGV[1] .. ':' .. ARGV[i]
@@ -130,13 +340,37 @@ for i = 4, #ARGV, 3 do
     else
       redis.call('SET', key, ARGV[i + 1])
     end
-    redis.call('RPUSH', KEYS[1], key)
+    redis.call('ZADD', READY, tonumber(ARGV[i]), key)
   end
 end
 if ARGV[2] ~= '' then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return 1
+",
+    )
+});
+
+/// Removes a message that was copied to the dead-letter queue. ARGV: key.
+pub static BURY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local key = ARGV[1]
+if redis.call('LREM', DYING, 1, key) > 0 then
+  redis.call('DEL', key, key .. ':refcount')
+  redis.call('HDEL', DELIVERIES, id_of(key))
+end
+return 1
+",
+    )
+});
+
+/// Counts of the queue: visible, in flight, delayed. ARGV: none.
+pub static COUNTS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+return {redis.call('LLEN', LIST) + redis.call('ZCARD', READY),
+  redis.call('ZCARD', INFLIGHT), redis.call('ZCARD', DELAYED)}
 ",
     )
 });
