@@ -23,9 +23,9 @@ pub struct QueueKeys {
     pub status: String,
     /// The policy (1 broadcast, 2 roundrobin).
     pub policy: String,
-    /// The seven keys every reliable-delivery script takes first: list, ready,
-    /// in flight, delayed, deliveries, dying, config.
-    pub seven: [String; 7],
+    /// The eight keys every reliable-delivery script takes first: list, ready,
+    /// in flight, delayed, deliveries, dying, config, expires.
+    pub eight: [String; 8],
 }
 
 impl Naming {
@@ -40,7 +40,7 @@ impl Naming {
             list: format!("{prefix}:queue"),
             status: format!("queuestat::{prefix}"),
             policy: format!("{prefix}:queuepolicy"),
-            seven: [
+            eight: [
                 format!("{prefix}:queue"),
                 format!("{prefix}:ready"),
                 format!("{prefix}:inflight"),
@@ -48,6 +48,7 @@ impl Naming {
                 format!("{prefix}:deliveries"),
                 format!("{prefix}:dying"),
                 format!("{prefix}:config"),
+                format!("{prefix}:expires"),
             ],
             prefix,
         }
@@ -57,22 +58,27 @@ impl Naming {
 impl QueueKeys {
     /// Settings of the queue (a hash).
     pub fn config(&self) -> &str {
-        &self.seven[6]
+        &self.eight[6]
     }
 
     /// Messages waiting to be moved to the dead-letter queue (a list).
     pub fn dying(&self) -> &str {
-        &self.seven[5]
+        &self.eight[5]
     }
 
     /// Messages in flight (a sorted set by due time).
     pub fn inflight(&self) -> &str {
-        &self.seven[2]
+        &self.eight[2]
+    }
+
+    /// Expiries of messages by number, in ms (a hash).
+    pub fn expires(&self) -> &str {
+        &self.eight[7]
     }
 
     /// Delayed messages (a sorted set by due time).
     pub fn delayed(&self) -> &str {
-        &self.seven[3]
+        &self.eight[3]
     }
 
     /// The key of message `id`.

@@ -224,13 +224,12 @@ pub struct RedisStore {
     description: String,
 }
 
-/// Parses `count` values per message from a script's answer (key, value, ttl,
-/// then anything else), after `skip` header values; the rest is returned.
+/// Parses `per` values per message from a script's answer: key, value, expiry
+/// (ms, 0: none), then numbers returned with the message.
 fn parse_messages(
     keys: &QueueKeys,
     values: &[Value],
     per: usize,
-    now: u64,
 ) -> Result<Vec<(Message, Vec<i64>)>, StoreError> {
     let bad = || StoreError::Corrupted("unexpected answer from a Redis script".into());
     let mut out = Vec::with_capacity(values.len() / per.max(1));
@@ -248,12 +247,15 @@ fn parse_messages(
         let id = keys
             .id_of(key)
             .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
-        let ttl = numbers.first().copied().unwrap_or(-1);
+        let expires_at = numbers
+            .first()
+            .and_then(|&at| u64::try_from(at).ok())
+            .unwrap_or(0);
         out.push((
             Message {
                 id,
                 value: String::from_utf8_lossy(value).into_owned(),
-                expires_at: expiry(now, ttl),
+                expires_at,
             },
             numbers,
         ));
@@ -280,20 +282,6 @@ fn header(values: &[Value], count: usize) -> Result<(Vec<i64>, &[Value]), StoreE
     Ok((numbers, &values[count..]))
 }
 
-/// An absolute expiry from a remaining ttl in ms (negative: none).
-fn expiry(now: u64, ttl_ms: i64) -> u64 {
-    u64::try_from(ttl_ms).map_or(0, |ttl| now.saturating_add(ttl.max(1)))
-}
-
-/// A remaining ttl in ms from an absolute expiry (-1: none; 0: already expired).
-fn remaining_ttl(now: u64, expires_at: u64) -> i64 {
-    if expires_at == 0 {
-        -1
-    } else {
-        i64::try_from(expires_at.saturating_sub(now)).unwrap_or(i64::MAX)
-    }
-}
-
 fn status_of(value: Option<String>) -> Option<Status> {
     match value.as_deref().map(str::trim) {
         Some("1") => Some(Status::Started),
@@ -309,10 +297,10 @@ fn policy_of(value: Option<String>) -> Option<Policy> {
         .and_then(Policy::from_code)
 }
 
-/// Adds the seven keys every reliable-delivery script takes first.
+/// Adds the eight keys every reliable-delivery script takes first.
 fn with_keys<'a>(script: &'a redis::Script, keys: &'a QueueKeys) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
-    for key in &keys.seven {
+    for key in &keys.eight {
         invocation.key(key);
     }
     invocation
@@ -347,6 +335,9 @@ fn known(info: &QueueInfo) -> bool {
         || info.status.is_some()
         || info.policy.is_some()
 }
+
+/// Members of a sorted set with their scores.
+type Scored = Vec<(String, f64)>;
 
 /// What a receipt asks of its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,7 +629,7 @@ impl RedisStore {
             if counts[0] > 0 {
                 self.bury(queue, &keys, &mut place.conn).await?;
             }
-            out.extend(parse_messages(&keys, rest, per, now)?);
+            out.extend(parse_messages(&keys, rest, per)?);
             if let (Some(holder), 0) = (place.holder, counts[1]) {
                 self.drained(queue, holder);
             }
@@ -667,14 +658,18 @@ impl RedisStore {
                 return Ok(());
             }
             for key in dying {
-                let (value, ttl): (Option<String>, i64) = redis::pipe()
+                let id = keys.id_of(&key).unwrap_or(0);
+                let (value, expires_at): (Option<String>, Option<u64>) = redis::pipe()
                     .get(&key)
-                    .pttl(&key)
+                    .hget(keys.expires(), id)
                     .query_async(conn)
                     .await
                     .map_err(redis_error)?;
                 if let Some(value) = value {
-                    let ttl = u64::try_from(ttl).ok().map(|ms| ms.div_ceil(1000));
+                    let now = self.clock.now();
+                    let ttl = expires_at
+                        .filter(|&at| at > 0)
+                        .map(|at| at.saturating_sub(now).div_ceil(1000).max(1));
                     let message = NewMessage {
                         value,
                         ttl,
@@ -928,12 +923,13 @@ impl Store for RedisStore {
             invocation
                 .arg(&keys.prefix)
                 .arg(self.changed_for(queue))
-                .arg(queue);
+                .arg(queue)
+                .arg(now);
             for message in &messages {
                 invocation
                     .arg(message.id)
                     .arg(&message.value)
-                    .arg(remaining_ttl(now, message.expires_at));
+                    .arg(message.expires_at);
             }
             invocation
                 .invoke_async::<()>(&mut conn)
@@ -1031,7 +1027,7 @@ impl Store for RedisStore {
             let keys = self.keys(queue);
             let mut next: Option<u64> = None;
             for mut place in self.places(queue).await? {
-                let (inflight, delayed): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+                let (inflight, delayed): (Scored, Scored) = redis::pipe()
                     .cmd("ZRANGE")
                     .arg(keys.inflight())
                     .arg(0)
@@ -1129,7 +1125,7 @@ impl Store for RedisStore {
                     self.bury(queue, &keys, &mut place.conn).await?;
                 }
                 if rest.len() == 4 {
-                    let mut parsed = parse_messages(&keys, rest, 4, now)?;
+                    let mut parsed = parse_messages(&keys, rest, 4)?;
                     if let Some((message, numbers)) = parsed.pop() {
                         let count = numbers
                             .get(1)
@@ -1153,6 +1149,7 @@ impl Store for RedisStore {
             for mut place in self.places(queue).await?.into_iter().rev() {
                 let deleted: u8 = with_keys(&scripts::DELETE, &keys)
                     .key(&message)
+                    .arg(self.clock.now())
                     .invoke_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
@@ -1258,7 +1255,7 @@ impl Store for RedisStore {
                 let wanted = isize::try_from(count - out.len()).unwrap_or(isize::MAX);
                 let (mut listed, ready): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
                     .lrange(&keys.list, 0, wanted - 1)
-                    .zrevrange(&keys.seven[1], 0, wanted - 1)
+                    .zrevrange(&keys.eight[1], 0, wanted - 1)
                     .query_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;

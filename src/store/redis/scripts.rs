@@ -11,12 +11,15 @@
 //! - `<q>:deliveries`: hash, number -> times received;
 //! - `<q>:config`: hash of the queue's settings;
 //! - `<q>:dying`: list of keys received too often, for the store to move to the
-//!   dead-letter queue (a queue elsewhere, so not in the same script).
+//!   dead-letter queue (a queue elsewhere, so not in the same script);
+//! - `<q>:expires`: hash, number -> expiry in ms by restmq's clock. A message
+//!   with a ttl also gets EXPIRE on its key (the original's way, and cleanup),
+//!   but restmq judges expiry by the time it passes in.
 //!
 //! Message keys are built from a prefix (`<q>`, or `{<q>}` on a cluster) so that
 //! they share their queue's slot. Every script that takes or reads messages
 //! first settles the hidden ones that came due. KEYS are always, in this order:
-//! list, ready, inflight, delayed, deliveries, dying, config (then more).
+//! list, ready, inflight, delayed, deliveries, dying, config, expires (then more).
 
 use std::sync::LazyLock;
 
@@ -24,25 +27,56 @@ use redis::Script;
 
 /// Shared by the scripts: names of the queue's keys, and settling.
 const PRELUDE: &str = r"
-local LIST, READY, INFLIGHT, DELAYED, DELIVERIES, DYING, CONFIG =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local LIST, READY, INFLIGHT, DELAYED, DELIVERIES, DYING, CONFIG, EXPIRES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 local function id_of(key)
   return tonumber(string.match(key, ':(%d+)$'))
 end
 
--- Hidden messages that came due: dropped when expired, to DYING when received
--- max_receives times, otherwise back in READY.
+-- When a message expires (ms; 0: never): restmq's record, else the key's own
+-- expiry (a message the original wrote).
+local function expires_of(key, now)
+  local at = redis.call('HGET', EXPIRES, id_of(key))
+  if at then return tonumber(at) end
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then return now + ttl end
+  return 0
+end
+
+local function alive(key, now)
+  if redis.call('EXISTS', key) == 0 then return false end
+  local at = tonumber(redis.call('HGET', EXPIRES, id_of(key)) or '0')
+  return at == 0 or at > now
+end
+
+-- Forgets a message entirely (it was taken, acknowledged, or expired).
+local function forget(key)
+  local id = id_of(key)
+  redis.call('DEL', key, key .. ':refcount')
+  redis.call('HDEL', DELIVERIES, id)
+  redis.call('HDEL', EXPIRES, id)
+end
+
+-- Hidden messages that came due, in order of time then number: dropped when
+-- expired, to DYING when received max_receives times, otherwise back in READY.
 local function settle(now)
   local max = tonumber(redis.call('HGET', CONFIG, 'max_receives') or '0')
   for _, set in ipairs({INFLIGHT, DELAYED}) do
-    local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 512)
-    for _, key in ipairs(due) do
+    local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 512)
+    local items = {}
+    for i = 1, #due, 2 do
+      items[#items + 1] = {key = due[i], due = tonumber(due[i + 1]), id = id_of(due[i])}
+    end
+    table.sort(items, function(a, b)
+      if a.due ~= b.due then return a.due < b.due end
+      return a.id < b.id
+    end)
+    for _, item in ipairs(items) do
+      local key, id = item.key, item.id
       redis.call('ZREM', set, key)
-      local id = id_of(key)
-      if redis.call('EXISTS', key) == 0 then
-        redis.call('HDEL', DELIVERIES, id)
-        redis.call('DEL', key .. ':refcount')
+      if not alive(key, now) then
+        forget(key)
       elseif set == INFLIGHT and max > 0 and
           tonumber(redis.call('HGET', DELIVERIES, id) or '0') >= max then
         redis.call('RPUSH', DYING, key)
@@ -53,11 +87,21 @@ local function settle(now)
   end
 end
 
--- The next visible key, taken: the lowest in READY, else the list's head.
+-- The next visible key (without taking it): the lower of READY's lowest and
+-- the list's head (the list is in key order; READY holds what came back).
+local function first()
+  local ready = redis.call('ZRANGE', READY, 0, 0)[1]
+  local head = redis.call('LINDEX', LIST, -1)
+  if ready and (not head or id_of(ready) < id_of(head)) then return ready, true end
+  return head, false
+end
+
+-- The next visible key, taken.
 local function take()
-  local ready = redis.call('ZPOPMIN', READY)
-  if ready[1] then return ready[1] end
-  return redis.call('RPOP', LIST)
+  local key, from_ready = first()
+  if not key then return nil end
+  if from_ready then redis.call('ZREM', READY, key) else redis.call('RPOP', LIST) end
+  return key
 end
 
 -- Messages of the queue left anywhere (0: nothing more to find here).
@@ -78,7 +122,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// Appends messages. KEYS: the seven, then counter, status. ARGV: prefix,
+/// Appends messages. KEYS: the eight, then counter, status. ARGV: prefix,
 /// queue name, `1` to add the queue to QUEUESET here, channel to notify (or
 /// empty), now, then value, ttl (s, 0: none) and delay (ms, 0: none) per
 /// message. Returns the numbers, or `{-1, max_len}` when the queue is full.
@@ -96,12 +140,13 @@ local now = tonumber(ARGV[5])
 local keep = tonumber(redis.call('HGET', CONFIG, 'retention') or '0')
 local ids = {}
 for i = 6, #ARGV, 3 do
-  local n = redis.call('INCR', KEYS[8])
+  local n = redis.call('INCR', KEYS[9])
   local key = ARGV[1] .. ':' .. n
   local ttl = tonumber(ARGV[i + 1])
   if keep > 0 and (ttl == 0 or ttl > keep) then ttl = keep end
   if ttl > 0 then
     redis.call('SET', key, ARGV[i], 'EX', ttl)
+    redis.call('HSET', EXPIRES, n, now + ttl * 1000)
   else
     redis.call('SET', key, ARGV[i])
   end
@@ -113,7 +158,7 @@ for i = 6, #ARGV, 3 do
   end
   ids[#ids + 1] = n
 end
-redis.call('SETNX', KEYS[9], 1)
+redis.call('SETNX', KEYS[10], 1)
 if ARGV[3] == '1' then
   redis.call('SADD', 'QUEUESET', ARGV[2])
 end
@@ -127,24 +172,23 @@ return ids
 
 /// Takes up to ARGV[1] messages from the head. ARGV: max, now. Returns
 /// messages waiting to be dead-lettered, messages left, then key, value and
-/// remaining ttl in ms (-1: none) per message.
+/// expiry (ms, 0: none) per message.
 pub static POP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-settle(tonumber(ARGV[2]))
+local now = tonumber(ARGV[2])
+settle(now)
 local out = {0, 0}
 local max = tonumber(ARGV[1])
 while #out < 2 + max * 3 do
   local key = take()
   if not key then break end
-  local value = redis.call('GET', key)
-  if value then
+  if alive(key, now) then
     out[#out + 1] = key
-    out[#out + 1] = value
-    out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = redis.call('GET', key)
+    out[#out + 1] = expires_of(key, now)
   end
-  redis.call('DEL', key, key .. ':refcount')
-  redis.call('HDEL', DELIVERIES, id_of(key))
+  forget(key)
 end
 out[1] = redis.call('LLEN', DYING)
 out[2] = remaining()
@@ -155,7 +199,7 @@ return out
 
 /// Receives up to ARGV[1] messages, hiding each. ARGV: max, now, visibility
 /// (ms). Returns messages waiting to be dead-lettered, messages left, then key,
-/// value, remaining ttl and delivery count per message.
+/// value, expiry (ms, 0: none) and delivery count per message.
 pub static RECEIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -166,18 +210,15 @@ local max = tonumber(ARGV[1])
 while #out < 2 + max * 4 do
   local key = take()
   if not key then break end
-  local id = id_of(key)
-  local value = redis.call('GET', key)
-  if value then
-    local d = redis.call('HINCRBY', DELIVERIES, id, 1)
+  if alive(key, now) then
+    local d = redis.call('HINCRBY', DELIVERIES, id_of(key), 1)
     redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[3]), key)
     out[#out + 1] = key
-    out[#out + 1] = value
-    out[#out + 1] = redis.call('PTTL', key)
+    out[#out + 1] = redis.call('GET', key)
+    out[#out + 1] = expires_of(key, now)
     out[#out + 1] = d
   else
-    redis.call('DEL', key .. ':refcount')
-    redis.call('HDEL', DELIVERIES, id)
+    forget(key)
   end
 end
 out[1] = redis.call('LLEN', DYING)
@@ -209,8 +250,7 @@ end
 if #stale == 0 then
   for _, key in ipairs(here) do
     redis.call('ZREM', INFLIGHT, key)
-    redis.call('HDEL', DELIVERIES, id_of(key))
-    redis.call('DEL', key, key .. ':refcount')
+    forget(key)
   end
 end
 return {stale, absent}
@@ -227,6 +267,10 @@ pub static NACK: LazyLock<Script> = LazyLock::new(|| {
 local key, now = ARGV[1], tonumber(ARGV[3])
 if not current(key, tonumber(ARGV[2]), now) then return 0 end
 redis.call('ZREM', INFLIGHT, key)
+if not alive(key, now) then
+  forget(key)
+  return 1
+end
 local id = id_of(key)
 local max = tonumber(redis.call('HGET', CONFIG, 'max_receives') or '0')
 if max > 0 and tonumber(ARGV[2]) >= max then
@@ -259,43 +303,39 @@ return 1
 });
 
 /// Reads the head without taking it, counting the read. ARGV: now. Returns
-/// messages waiting to be dead-lettered, then key, value, remaining ttl in ms
+/// messages waiting to be dead-lettered, then key, value, expiry (ms, 0: none)
 /// and read count, or only the first when empty.
 pub static PEEK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-settle(tonumber(ARGV[1]))
+local now = tonumber(ARGV[1])
+settle(now)
 while true do
-  local key = nil
-  local ready = redis.call('ZRANGE', READY, 0, 0)
-  if ready[1] then key = ready[1] else key = redis.call('LINDEX', LIST, -1) end
+  local key = first()
   if not key then return {redis.call('LLEN', DYING)} end
-  local value = redis.call('GET', key)
-  if value then
+  if alive(key, now) then
     local count = redis.call('INCR', key .. ':refcount')
-    return {redis.call('LLEN', DYING), key, value, redis.call('PTTL', key), count}
+    return {redis.call('LLEN', DYING), key, redis.call('GET', key), expires_of(key, now), count}
   end
   take()
-  redis.call('DEL', key .. ':refcount')
-  redis.call('HDEL', DELIVERIES, id_of(key))
+  forget(key)
 end
 ",
     )
 });
 
-/// Deletes one message, wherever it is. KEYS: the seven, then the message key.
-/// Returns 1 when it was there.
+/// Deletes one message, wherever it is. KEYS: the eight, then the message key.
+/// ARGV: now. Returns 1 when it was there, unexpired.
 pub static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local key = KEYS[8]
+local key = KEYS[9]
 local found = redis.call('LREM', LIST, 0, key) + redis.call('ZREM', READY, key) +
   redis.call('ZREM', INFLIGHT, key) + redis.call('ZREM', DELAYED, key) +
   redis.call('LREM', DYING, 0, key)
-local existed = redis.call('DEL', key)
-redis.call('DEL', key .. ':refcount')
-redis.call('HDEL', DELIVERIES, id_of(key))
-if found > 0 and existed > 0 then return 1 end
+local live = alive(key, tonumber(ARGV[1]))
+forget(key)
+if found > 0 and live then return 1 end
 return 0
 ",
     )
@@ -318,7 +358,7 @@ for i = 1, #keys, 500 do
   end
   redis.call('UNLINK', unpack(chunk))
 end
-redis.call('DEL', READY, INFLIGHT, DELAYED, DELIVERIES, DYING)
+redis.call('DEL', READY, INFLIGHT, DELAYED, DELIVERIES, DYING, EXPIRES)
 if redis.call('DEL', LIST) > 0 or #keys > 0 then return 1 end
 return 0
 ",
@@ -326,17 +366,19 @@ return 0
 });
 
 /// Puts messages back under their own keys, in key order at the head. ARGV:
-/// prefix, channel to notify (or empty), queue name, then number, value and
-/// remaining ttl in ms (-1: none) per message.
+/// prefix, channel to notify (or empty), queue name, now, then number, value
+/// and expiry (ms, 0: none) per message.
 pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-for i = 4, #ARGV, 3 do
+local now = tonumber(ARGV[4])
+for i = 5, #ARGV, 3 do
   local key = ARGV[1] .. ':' .. ARGV[i]
-  if redis.call('EXISTS', key) == 0 then
-    local ttl = tonumber(ARGV[i + 2])
-    if ttl > 0 then
-      redis.call('SET', key, ARGV[i + 1], 'PX', ttl)
+  local at = tonumber(ARGV[i + 2])
+  if redis.call('EXISTS', key) == 0 and (at == 0 or at > now) then
+    if at > 0 then
+      redis.call('SET', key, ARGV[i + 1], 'PX', at - now)
+      redis.call('HSET', EXPIRES, ARGV[i], at)
     else
       redis.call('SET', key, ARGV[i + 1])
     end
@@ -356,10 +398,7 @@ pub static BURY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local key = ARGV[1]
-if redis.call('LREM', DYING, 1, key) > 0 then
-  redis.call('DEL', key, key .. ':refcount')
-  redis.call('HDEL', DELIVERIES, id_of(key))
-end
+if redis.call('LREM', DYING, 1, key) > 0 then forget(key) end
 return 1
 ",
     )
