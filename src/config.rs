@@ -9,6 +9,8 @@ use crate::store::{RedisOptions, RedisTarget};
 
 /// Default limit of a request body, in bytes (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default longest long poll, in seconds.
+pub const DEFAULT_MAX_WAIT: u64 = 20;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
 const MAX_BODY_CEILING: u64 = 1 << 30;
 
@@ -31,6 +33,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RESTMQ_MAX_BODY", default_value_t = DEFAULT_MAX_BODY as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
+
+    /// Longest `wait=` a long-polling GET may ask for, in seconds.
+    #[arg(long, env = "RESTMQ_MAX_WAIT", default_value_t = DEFAULT_MAX_WAIT,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub max_wait: u64,
 
     /// Messages buffered for one streaming consumer. A broadcast consumer that
     /// falls this far behind is disconnected, rather than slowing the others.
@@ -115,6 +122,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Longest long poll, in seconds.
+    pub max_wait: u64,
     /// Whether changes are fsynced before they are acknowledged.
     pub fsync: bool,
     /// Limits of streaming delivery.
@@ -129,6 +138,7 @@ impl Config {
             redis: RedisOptions::default(),
             data_dir: data_dir.into(),
             max_body: DEFAULT_MAX_BODY,
+            max_wait: DEFAULT_MAX_WAIT,
             fsync: true,
             streams: StreamLimits::default(),
         }
@@ -155,6 +165,7 @@ impl From<&ServeArgs> for Config {
             },
             data_dir: args.data_dir.clone(),
             max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+            max_wait: args.max_wait,
             fsync: !args.no_fsync,
             streams: StreamLimits {
                 consumer_buffer: args.stream_buffer as usize,

@@ -41,6 +41,12 @@ pub enum Error {
     /// `GET /?queue=` found the queue empty (the original answers 404 there).
     #[error("queue is empty")]
     EmptyQueue,
+    /// Receipts of deliveries that are over: acknowledged, released, or their
+    /// visibility ran out (another delivery may have started).
+    #[error(
+        "stale receipt: the delivery is over (acknowledged, released, or its visibility ran out)"
+    )]
+    StaleReceipts(Vec<String>),
     /// A WebSocket route reached without a WebSocket handshake.
     #[error("this route speaks WebSocket: send an upgrade request")]
     UpgradeRequired,
@@ -70,6 +76,7 @@ impl Error {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadBody(_) => StatusCode::BAD_REQUEST,
             Error::EmptyQueue => StatusCode::NOT_FOUND,
+            Error::StaleReceipts(_) => StatusCode::CONFLICT,
             Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
@@ -89,10 +96,10 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let Error::StaleReceipts(stale) = &self {
+            body["stale"] = serde_json::json!(stale);
+        }
+        (status, Json(body)).into_response()
     }
 }

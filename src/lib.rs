@@ -31,6 +31,8 @@ pub struct AppState {
     pub broker: Broker,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Longest long poll, in seconds.
+    pub max_wait: u64,
 }
 
 /// Opens the store described by `config` and builds the server's state. The
@@ -62,6 +64,7 @@ pub async fn open(config: &Config) -> Result<AppState, Error> {
     Ok(AppState {
         broker: Broker::new(store, config.streams),
         max_body: config.max_body,
+        max_wait: config.max_wait,
     })
 }
 

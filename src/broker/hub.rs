@@ -245,6 +245,8 @@ struct Streams {
 struct Slot {
     name: Arc<QueueName>,
     wake: Notify,
+    /// Wakes long-polling requests: messages may have arrived.
+    arrivals: Arc<Notify>,
     streams: Mutex<Streams>,
 }
 
@@ -468,11 +470,17 @@ impl Hub {
         }
     }
 
-    /// Wakes every dispatcher: announcements may have been missed.
+    /// Wakes every dispatcher and long poll: announcements may have been missed.
     pub fn kick_all(&self) {
         for slot in read(&self.inner.slots).values() {
             slot.wake.notify_one();
+            slot.arrivals.notify_waiters();
         }
+    }
+
+    /// What wakes requests waiting for messages of `queue`.
+    pub fn arrivals(&self, queue: &QueueName) -> Arc<Notify> {
+        self.inner.slot(queue).arrivals.clone()
     }
 
     /// Consumers of `queue` connected now.
@@ -533,6 +541,7 @@ impl Inner {
     fn kick(&self, queue: &QueueName) {
         if let Some(slot) = read(&self.slots).get(queue) {
             slot.wake.notify_one();
+            slot.arrivals.notify_waiters();
         }
     }
 
@@ -547,6 +556,7 @@ impl Inner {
                 Arc::new(Slot {
                     name: name.clone(),
                     wake: Notify::new(),
+                    arrivals: Arc::new(Notify::new()),
                     streams: Mutex::new(Streams {
                         consumers: Vec::new(),
                         recent: VecDeque::new(),

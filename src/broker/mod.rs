@@ -4,16 +4,21 @@
 
 pub mod hub;
 mod name;
+mod receipt;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use name::{MAX_QUEUE_NAME, QueueName};
+pub use receipt::Receipt;
 
 use self::hub::{Hub, Resume, StreamLimits, Subscription};
 
 use crate::error::Error;
-use crate::store::{Message, NewMessage, Policy, QueueInfo, Status, Store, StoreError, StoreEvent};
+use crate::store::{
+    Message, NewMessage, Policy, QueueConfig, QueueInfo, Received, Status, Store, StoreError,
+    StoreEvent,
+};
 
 /// Acts on what other servers sharing the store did: wakes dispatchers, and
 /// hands broadcast messages they streamed to this server's consumers.
@@ -75,9 +80,197 @@ impl Broker {
         }
     }
 
+    /// Appends messages to `queue`, all or none; returns their numbers in order.
+    pub async fn publish_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<u64>, Error> {
+        let ids = self.store.publish(queue.as_str(), messages).await?;
+        self.hub.kick(queue);
+        Ok(ids)
+    }
+
     /// Removes and returns the head of `queue`.
     pub async fn pop(&self, queue: &QueueName) -> Result<Option<Message>, Error> {
         Ok(self.store.pop(queue.as_str()).await?)
+    }
+
+    /// Removes and returns up to `max` messages from the head of `queue`.
+    pub async fn pop_many(&self, queue: &QueueName, max: usize) -> Result<Vec<Message>, Error> {
+        Ok(self.store.pop_many(queue.as_str(), max).await?)
+    }
+
+    /// Receives up to `max` messages of `queue`, each hidden for `visibility`
+    /// seconds (the queue's setting when `None`), with its receipt.
+    pub async fn receive(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        visibility: Option<u64>,
+    ) -> Result<Vec<(Received, Receipt)>, Error> {
+        let visibility = match visibility {
+            Some(seconds) => seconds,
+            None => self.store.config(queue.as_str()).await?.visibility,
+        };
+        let received = self
+            .store
+            .receive(queue.as_str(), max, visibility.saturating_mul(1000))
+            .await?;
+        Ok(received
+            .into_iter()
+            .map(|r| {
+                let receipt = Receipt {
+                    queue: queue.clone(),
+                    id: r.message.id,
+                    delivery: r.delivery,
+                };
+                (r, receipt)
+            })
+            .collect())
+    }
+
+    /// Waits up to `wait` for `take` to find something: it is tried at once, then
+    /// whenever a message arrives (a publish, a release, another server's
+    /// announcement) or a hidden one comes due.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        queue: &QueueName,
+        wait: Duration,
+        mut take: F,
+    ) -> Result<Vec<T>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let arrivals = self.hub.arrivals(queue);
+        loop {
+            let arrival = arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            let got = take().await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let mut until = deadline;
+            if let Some(due) = self.store.next_due(queue.as_str()).await? {
+                let wall = crate::store::now_millis();
+                let after = Duration::from_millis(due.saturating_sub(wall));
+                until = until.min(now + after);
+            }
+            tokio::select! {
+                () = arrival => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Acknowledges deliveries: their messages are deleted. If one of a queue's
+    /// receipts is stale, none of that queue's is acknowledged, and the stale
+    /// ones are reported.
+    pub async fn ack(&self, receipts: &[Receipt]) -> Result<(), Error> {
+        let mut by_queue: Vec<(&QueueName, Vec<(u64, u32)>)> = Vec::new();
+        for receipt in receipts {
+            match by_queue.iter_mut().find(|(q, _)| *q == &receipt.queue) {
+                Some((_, list)) => list.push((receipt.id, receipt.delivery)),
+                None => by_queue.push((&receipt.queue, vec![(receipt.id, receipt.delivery)])),
+            }
+        }
+        let mut stale = Vec::new();
+        for (queue, list) in by_queue {
+            for (id, delivery) in self.store.ack(queue.as_str(), list).await? {
+                stale.push(Receipt {
+                    queue: queue.clone(),
+                    id,
+                    delivery,
+                });
+            }
+        }
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::StaleReceipts(
+                stale.iter().map(ToString::to_string).collect(),
+            ))
+        }
+    }
+
+    /// Releases a delivery: its message is visible again after `delay` seconds.
+    pub async fn nack(&self, receipt: &Receipt, delay: u64) -> Result<(), Error> {
+        let queue = receipt.queue.as_str();
+        let done = self
+            .store
+            .nack(
+                queue,
+                receipt.id,
+                receipt.delivery,
+                delay.saturating_mul(1000),
+            )
+            .await?;
+        if !done {
+            return Err(Error::StaleReceipts(vec![receipt.to_string()]));
+        }
+        self.hub.kick(&receipt.queue);
+        Ok(())
+    }
+
+    /// Hides a delivered message `visibility` more seconds from now.
+    pub async fn extend(&self, receipt: &Receipt, visibility: u64) -> Result<(), Error> {
+        let queue = receipt.queue.as_str();
+        let done = self
+            .store
+            .extend(
+                queue,
+                receipt.id,
+                receipt.delivery,
+                visibility.saturating_mul(1000),
+            )
+            .await?;
+        if done {
+            Ok(())
+        } else {
+            Err(Error::StaleReceipts(vec![receipt.to_string()]))
+        }
+    }
+
+    /// The settings of `queue`.
+    pub async fn config(&self, queue: &QueueName) -> Result<QueueConfig, Error> {
+        Ok(self.store.config(queue.as_str()).await?)
+    }
+
+    /// Sets the settings of `queue`; its dead-letter queue must be a valid name
+    /// other than the queue's own.
+    pub async fn set_config(&self, queue: &QueueName, config: QueueConfig) -> Result<(), Error> {
+        let dead = QueueName::parse(&config.dead_letter_of(queue.as_str())).map_err(|_| {
+            Error::InvalidParameter {
+                name: "dead_letter",
+                reason: "it must be a valid queue name",
+            }
+        })?;
+        if &dead == queue {
+            return Err(Error::InvalidParameter {
+                name: "dead_letter",
+                reason: "it must be another queue",
+            });
+        }
+        Ok(self.store.set_config(queue.as_str(), config).await?)
+    }
+
+    /// Moves every message of `queue`'s dead-letter queue back to `queue`;
+    /// returns the dead-letter queue and how many moved.
+    pub async fn redrive(&self, queue: &QueueName) -> Result<(String, u64), Error> {
+        let dead = self
+            .store
+            .config(queue.as_str())
+            .await?
+            .dead_letter_of(queue.as_str());
+        let moved = self.store.redrive(&dead, queue.as_str()).await?;
+        if moved > 0 {
+            self.hub.kick(queue);
+        }
+        Ok((dead, moved))
     }
 
     /// Returns the head of `queue` without removing it, with its read count.

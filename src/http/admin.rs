@@ -36,6 +36,8 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
                 "status": status,
                 "policy": policy,
                 "consumers": consumers,
+                "inflight": info.inflight,
+                "delayed": info.delayed,
             }),
         );
     }
@@ -55,12 +57,14 @@ pub async fn one(
     params: Params,
 ) -> Result<Response, Error> {
     let callback = params.callback()?;
-    let len = state.broker.queue(&queue).await?.map_or(0, |q| q.len);
+    let info = state.broker.queue(&queue).await?.unwrap_or_default();
     let answer = json!({
         "redis": state.broker.describe(),
         "queue": queue.as_str(),
-        "len": len,
+        "len": info.len,
         "consumers": state.broker.consumers(&queue),
+        "inflight": info.inflight,
+        "delayed": info.delayed,
     });
     Ok(stats(&answer, callback.as_ref()))
 }

@@ -62,6 +62,16 @@ pub fn control<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) ->
     }
 }
 
+/// Several text answers, one CRLF-ended line each (the keys of a batch).
+pub fn lines(texts: &[String]) -> Response {
+    let mut body = String::new();
+    for text in texts {
+        body.push_str(text);
+        body.push_str("\r\n");
+    }
+    with_type(TEXT, body)
+}
+
 /// A plain JSON answer (the JSON command protocol, JSON listings).
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Response {
     with_type(JSON, to_json(value))

@@ -1,4 +1,5 @@
-//! The JSON command protocol of `POST /queue`: `add`, `get` (peek), `take`, `del`.
+//! The JSON command protocol of `POST /queue`: `add`, `get` (peek), `take`,
+//! `del`, and for at-least-once consumption `receive`, `ack`, `nack`, `extend`.
 //!
 //! The command comes in the form field `msg` or `body` (msg wins), or as the
 //! whole body when it is sent as `application/json`. Like the original, a command
@@ -51,6 +52,10 @@ pub async fn run(State(state): State<AppState>, params: Params) -> Result<Respon
         "get" => get(&state, &command).await,
         "take" => take(&state, &command).await,
         "del" => del(&state, &command).await,
+        "receive" => receive(&state, &command).await,
+        "ack" => ack(&state, &command).await,
+        "nack" => nack(&state, &command).await,
+        "extend" => extend(&state, &command).await,
         _ => Ok(soft_error("null resultset")),
     }
 }
@@ -165,4 +170,134 @@ async fn del(state: &AppState, command: &Command) -> Result<Response, Error> {
         deleted,
         key,
     }))
+}
+
+/// An optional non-negative integer field; a wrong type gets 400.
+fn number_field(command: &Command, name: &'static str) -> Result<Option<u64>, Error> {
+    match command.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or(Error::InvalidParameter {
+            name,
+            reason: "it must be a non-negative integer",
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct ReceivedAnswer<'a> {
+    queue: &'a str,
+    value: String,
+    key: String,
+    count: u32,
+    receipt: String,
+}
+
+/// `receive`: like `get`, but the message is hidden for `visibility` seconds
+/// (the queue's setting by default) and comes with a receipt; with `max`, an
+/// array of up to `max` messages.
+async fn receive(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let queue = field!(queue_field(command)?);
+    let visibility = number_field(command, "visibility")?;
+    let max = number_field(command, "max")?;
+    let count = usize::try_from(max.unwrap_or(1).clamp(1, 1000)).unwrap_or(1);
+    let received = state.broker.receive(&queue, count, visibility).await?;
+    if received.is_empty() {
+        return Ok(soft_error("empty queue"));
+    }
+    let answers: Vec<ReceivedAnswer> = received
+        .into_iter()
+        .map(|(r, receipt)| ReceivedAnswer {
+            queue: queue.as_str(),
+            key: queue.key(r.message.id),
+            value: r.message.value,
+            count: r.delivery,
+            receipt: receipt.to_string(),
+        })
+        .collect();
+    match (max, answers.first()) {
+        (None, Some(one)) => Ok(answer::json(one)),
+        _ => Ok(answer::json(&answers)),
+    }
+}
+
+/// The command's receipt; missing is a soft error, one restmq never gave a 400.
+fn receipt_field(command: &Command) -> Result<Result<crate::broker::Receipt, String>, Error> {
+    match string_field(command, "receipt") {
+        Ok(text) => super::reliable::receipt(text).map(Ok),
+        Err(soft) => Ok(Err(soft)),
+    }
+}
+
+/// A stale receipt is a soft error here, as the protocol answers failures.
+fn settled(outcome: Result<(), Error>, success: serde_json::Value) -> Result<Response, Error> {
+    match outcome {
+        Ok(()) => Ok(answer::json(&success)),
+        Err(Error::StaleReceipts(stale)) => Ok(answer::json(&serde_json::json!({
+            "error": "stale receipt",
+            "stale": stale,
+        }))),
+        Err(other) => Err(other),
+    }
+}
+
+/// `ack`: acknowledges `receipt` (or every one of `receipts`).
+async fn ack(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let receipts = match command.get("receipts") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or(Error::InvalidParameter {
+                        name: "receipts",
+                        reason: "it must be an array of receipts",
+                    })
+                    .and_then(super::reliable::receipt)
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(Error::InvalidParameter {
+                name: "receipts",
+                reason: "it must be an array of receipts",
+            });
+        }
+        None => vec![field!(receipt_field(command)?)],
+    };
+    if receipts.is_empty() {
+        return Ok(soft_error("missing field: receipt"));
+    }
+    let outcome = state.broker.ack(&receipts).await;
+    settled(outcome, serde_json::json!({ "acked": receipts.len() }))
+}
+
+/// `nack`: releases `receipt`, visible again after `delay` seconds (default 0).
+async fn nack(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let receipt = field!(receipt_field(command)?);
+    let delay = number_field(command, "delay")?.unwrap_or(0);
+    let outcome = state.broker.nack(&receipt, delay).await;
+    settled(
+        outcome,
+        serde_json::json!({
+            "queue": receipt.queue.as_str(),
+            "key": receipt.queue.key(receipt.id),
+            "released": true,
+            "delay": delay,
+        }),
+    )
+}
+
+/// `extend`: hides `receipt`'s message `visibility` more seconds from now.
+async fn extend(state: &AppState, command: &Command) -> Result<Response, Error> {
+    let receipt = field!(receipt_field(command)?);
+    let Some(visibility) = number_field(command, "visibility")? else {
+        return Ok(soft_error("missing field: visibility"));
+    };
+    let outcome = state.broker.extend(&receipt, visibility).await;
+    settled(
+        outcome,
+        serde_json::json!({
+            "queue": receipt.queue.as_str(),
+            "key": receipt.queue.key(receipt.id),
+            "visibility": visibility,
+        }),
+    )
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -78,29 +80,147 @@ pub async fn queue_publish(
 
 async fn publish(state: &AppState, queue: &QueueName, params: &Params) -> Result<Response, Error> {
     let callback = params.callback()?;
-    let value = params
-        .text("msg")
-        .or_else(|| params.text("value"))
-        .ok_or(Error::MissingParameter("value"))?;
     let ttl = params.number("ttl")?;
-    let message = NewMessage {
-        value: value.to_owned(),
-        ttl,
-        delay: None,
-    };
-    let id = state.broker.publish(queue, message).await?;
-    Ok(text_line(&queue.key(id), callback.as_ref()))
+    let delay = params.number("delay")?;
+    let values = message_values(params)?;
+    let messages = values
+        .into_iter()
+        .map(|value| NewMessage { value, ttl, delay })
+        .collect();
+    let ids = state.broker.publish_batch(queue, messages).await?;
+    if let [id] = ids[..] {
+        return Ok(text_line(&queue.key(id), callback.as_ref()));
+    }
+    let keys: Vec<String> = ids.iter().map(|&id| queue.key(id)).collect();
+    Ok(match &callback {
+        Some(_) => json_line(&keys, callback.as_ref()),
+        None => answer::lines(&keys),
+    })
 }
 
-/// `GET /q/<q>`: pops the head of the queue; 204 when it is empty.
+/// The messages a publish carries: `msg`, or every `value` field, of a form;
+/// one per line of an `application/x-ndjson` body; any other body, as is.
+fn message_values(params: &Params) -> Result<Vec<String>, Error> {
+    if !params.is_form() {
+        let body = std::str::from_utf8(&params.body).map_err(|_| Error::InvalidParameter {
+            name: "body",
+            reason: "it is not valid UTF-8",
+        })?;
+        let ndjson = matches!(
+            params.media_type.as_deref(),
+            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl")
+        );
+        let values: Vec<String> = if ndjson {
+            body.lines()
+                .map(|line| line.strip_suffix('\r').unwrap_or(line))
+                .filter(|line| !line.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        } else if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![body.to_owned()]
+        };
+        return if values.is_empty() {
+            Err(Error::MissingParameter("value"))
+        } else {
+            Ok(values)
+        };
+    }
+    // The original took `msg or value`: msg, when not empty, wins.
+    if let Some(msg) = params.text("msg") {
+        return Ok(vec![msg.to_owned()]);
+    }
+    let values: Vec<&str> = params.all("value").into_iter().map(str::trim).collect();
+    if values.is_empty() || values.iter().any(|v| v.is_empty()) {
+        return Err(Error::MissingParameter("value"));
+    }
+    Ok(values.into_iter().map(str::to_owned).collect())
+}
+
+/// Most messages one `GET /q/<q>?max=` returns.
+const MAX_BATCH: u64 = 1000;
+
+/// A message taken by a GET: `{"key","value","count"}`, with `"receipt"` when
+/// received with a visibility timeout (then `count` is the deliveries so far).
+#[derive(Serialize)]
+struct Taken {
+    key: String,
+    value: String,
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<String>,
+}
+
+/// `GET /q/<q>`: pops the head of the queue; 204 when it is empty. With
+/// `visibility=S` the message is received instead (hidden for S seconds, with a
+/// receipt to acknowledge it); with `max=K` up to K messages come as a JSON
+/// array; with `wait=S` an empty queue is waited on for up to S seconds.
 pub async fn queue_pop(
     State(state): State<AppState>,
     Queue(queue): Queue,
     params: Params,
 ) -> Result<Response, Error> {
     let callback = params.callback()?;
-    match state.broker.pop(&queue).await? {
-        Some(message) => Ok(json_line(&Popped::new(&queue, &message), callback.as_ref())),
+    let visibility = params.number("visibility")?;
+    let max = params.number("max")?;
+    let wait = params.number("wait")?.unwrap_or(0);
+    if let Some(max) = max {
+        if !(1..=MAX_BATCH).contains(&max) {
+            return Err(Error::InvalidParameter {
+                name: "max",
+                reason: "it must be from 1 to 1000",
+            });
+        }
+    }
+    if wait > state.max_wait {
+        return Err(Error::InvalidParameter {
+            name: "wait",
+            reason: "it is longer than the server's --max-wait",
+        });
+    }
+    let count = usize::try_from(max.unwrap_or(1)).unwrap_or(1);
+    let take = || async {
+        match visibility {
+            Some(seconds) => Ok(state
+                .broker
+                .receive(&queue, count, Some(seconds))
+                .await?
+                .into_iter()
+                .map(|(received, receipt)| Taken {
+                    key: queue.key(received.message.id),
+                    value: received.message.value,
+                    count: u64::from(received.delivery),
+                    receipt: Some(receipt.to_string()),
+                })
+                .collect()),
+            None => Ok(state
+                .broker
+                .pop_many(&queue, count)
+                .await?
+                .into_iter()
+                .map(|message| Taken {
+                    key: queue.key(message.id),
+                    value: message.value,
+                    count: 0,
+                    receipt: None,
+                })
+                .collect::<Vec<Taken>>()),
+        }
+    };
+    let taken = if wait > 0 {
+        state
+            .broker
+            .wait_for(&queue, Duration::from_secs(wait), take)
+            .await?
+    } else {
+        take().await?
+    };
+    if max.is_some() {
+        return Ok(json_line(&taken, callback.as_ref()));
+    }
+    match taken.first() {
+        Some(one) => Ok(json_line(one, callback.as_ref())),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -5,12 +5,13 @@ mod answer;
 mod command;
 mod legacy;
 pub mod params;
+mod reliable;
 pub mod stream;
 mod ui;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::AppState;
 use crate::error::Error;
@@ -41,6 +42,16 @@ pub fn router(state: AppState) -> Router {
             "/control/{*queue}",
             get(legacy::control_get).post(legacy::control_set),
         )
+        .route("/ack", post(reliable::ack))
+        .route("/nack", post(reliable::nack))
+        .route("/extend", post(reliable::extend))
+        .route("/config/", get(legacy::no_queue).post(legacy::no_queue))
+        .route(
+            "/config/{*queue}",
+            get(reliable::config_get).post(reliable::config_set),
+        )
+        .route("/redrive/", post(legacy::no_queue))
+        .route("/redrive/{*queue}", post(reliable::redrive))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/stats/", get(admin::all))

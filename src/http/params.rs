@@ -57,18 +57,16 @@ impl FromRequest<AppState> for Params {
                 Error::BadBody(rejection.body_text())
             }
         })?;
-        let is_form = match media_type.as_deref() {
-            None => true,
-            Some(t) => t == "application/x-www-form-urlencoded",
-        };
-        if is_form {
-            parse_pairs(&body, "form body", &mut pairs)?;
-        }
-        Ok(Params {
+        let mut params = Params {
             pairs,
             body,
             media_type,
-        })
+        };
+        if params.is_form() {
+            let body = params.body.clone();
+            parse_pairs(&body, "form body", &mut params.pairs)?;
+        }
+        Ok(params)
     }
 }
 
@@ -91,6 +89,23 @@ impl Params {
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, as sent, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Whether the body is a form (or absent): its fields are parameters.
+    pub fn is_form(&self) -> bool {
+        match self.media_type.as_deref() {
+            None => true,
+            Some(t) => t == "application/x-www-form-urlencoded",
+        }
     }
 
     /// The last value of `name` without surrounding whitespace; `None` when absent or blank.

@@ -394,7 +394,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Milliseconds since the Unix epoch, the clock of message expiry.
-pub(crate) fn now_millis() -> u64 {
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
