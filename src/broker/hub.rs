@@ -228,6 +228,9 @@ impl Link {
 struct Consumer {
     tx: mpsc::Sender<Held>,
     link: Arc<Link>,
+    /// A consumer that takes messages itself (a WebSocket with acknowledgements):
+    /// the dispatcher feeds it nothing, only ends it.
+    passive: bool,
 }
 
 /// A queue's streaming state, guarded by one lock.
@@ -390,6 +393,17 @@ impl Hub {
 
     /// Registers a consumer of `queue`; `None` when the server is shutting down.
     pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Option<Subscription> {
+        self.register(queue, resume, false)
+    }
+
+    /// Registers a consumer of `queue` that takes its messages itself: it is
+    /// counted and ended (queue deleted, shutdown) like the others, but fed
+    /// nothing. `None` when the server is shutting down.
+    pub fn watch(&self, queue: &QueueName) -> Option<Subscription> {
+        self.register(queue, Resume::Live, true)
+    }
+
+    fn register(&self, queue: &QueueName, resume: Resume, passive: bool) -> Option<Subscription> {
         let inner = &self.inner;
         if inner.closing.load(Ordering::Acquire) {
             return None;
@@ -420,6 +434,7 @@ impl Hub {
             streams.consumers.push(Consumer {
                 tx,
                 link: link.clone(),
+                passive,
             });
             !std::mem::replace(&mut streams.running, true)
         };
@@ -658,6 +673,7 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
                 Policy::Broadcast => streams
                     .consumers
                     .iter()
+                    .filter(|c| !c.passive)
                     .map(|c| c.tx.capacity())
                     .max()
                     .unwrap_or(0)
@@ -665,6 +681,7 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
                 Policy::RoundRobin => streams
                     .consumers
                     .iter()
+                    .filter(|c| !c.passive)
                     .map(|c| c.tx.capacity())
                     .sum::<usize>()
                     .min(POP_BATCH),
@@ -756,6 +773,9 @@ fn round_robin(streams: &mut Streams, delivery: &Arc<Delivery>) -> bool {
     let count = streams.consumers.len();
     for step in 0..count {
         let at = (streams.turn + step) % count;
+        if streams.consumers[at].passive {
+            continue;
+        }
         match streams.consumers[at].tx.try_send(Held::new(delivery)) {
             Ok(()) => {
                 streams.turn = (at + 1) % count;

@@ -323,6 +323,23 @@ impl Broker {
         self.hub.subscribe(queue, resume).ok_or(Error::ShuttingDown)
     }
 
+    /// Registers a consumer of `queue` that receives its messages itself, to be
+    /// counted and ended like the streamed ones; refused while shutting down.
+    pub fn watch(&self, queue: &QueueName) -> Result<Subscription, Error> {
+        self.hub.watch(queue).ok_or(Error::ShuttingDown)
+    }
+
+    /// What wakes those waiting for messages of `queue` (a publish, a release,
+    /// a resume, another server's announcement).
+    pub fn arrivals(&self, queue: &QueueName) -> Arc<tokio::sync::Notify> {
+        self.hub.arrivals(queue)
+    }
+
+    /// When the next hidden message of `queue` comes due, on the wall clock.
+    pub async fn next_due(&self, queue: &QueueName) -> Result<Option<u64>, Error> {
+        Ok(self.store.next_due(queue.as_str()).await?)
+    }
+
     /// Streaming consumers connected to `queue`.
     pub fn consumers(&self, queue: &QueueName) -> usize {
         self.hub.consumers(queue)

@@ -47,7 +47,7 @@ pub async fn run(State(state): State<AppState>, params: Params) -> Result<Respon
             ));
         }
     };
-    match name {
+    let answer = match name {
         "add" => add(&state, &command).await,
         "get" => get(&state, &command).await,
         "take" => take(&state, &command).await,
@@ -57,11 +57,28 @@ pub async fn run(State(state): State<AppState>, params: Params) -> Result<Respon
         "nack" => nack(&state, &command).await,
         "extend" => extend(&state, &command).await,
         _ => Ok(soft_error("null resultset")),
+    }?;
+    Ok(answer::json(&answer))
+}
+
+/// Settles a delivery as a WebSocket client asks: `ack`, `nack` or `extend`,
+/// answered as the JSON protocol answers them.
+pub(super) async fn settle(state: &AppState, command: &Command) -> Result<Value, Error> {
+    match command.get("cmd").and_then(Value::as_str) {
+        Some("ack") => ack(state, command).await,
+        Some("nack") => nack(state, command).await,
+        Some("extend") => extend(state, command).await,
+        _ => Ok(soft_error("the command must be ack, nack or extend")),
     }
 }
 
-fn soft_error(message: &str) -> Response {
-    answer::json(&serde_json::json!({ "error": message }))
+fn soft_error(message: &str) -> Value {
+    serde_json::json!({ "error": message })
+}
+
+/// An answer as a JSON value; our answer types hold only strings and numbers.
+fn to_value<T: Serialize>(answer: &T) -> Value {
+    serde_json::to_value(answer).unwrap_or(Value::Null)
 }
 
 /// A required non-empty string field, or the message of the soft error to answer.
@@ -98,7 +115,7 @@ struct Entry<'a> {
     key: String,
 }
 
-async fn add(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn add(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     let value = field!(string_field(command, "value"));
     let ttl = match command.get("ttl") {
@@ -114,7 +131,7 @@ async fn add(state: &AppState, command: &Command) -> Result<Response, Error> {
         delay: None,
     };
     let id = state.broker.publish(&queue, message).await?;
-    Ok(answer::json(&Entry {
+    Ok(to_value(&Entry {
         queue: queue.as_str(),
         value,
         key: queue.key(id),
@@ -129,10 +146,10 @@ struct Peeked<'a> {
     count: u64,
 }
 
-async fn get(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn get(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     match state.broker.peek(&queue).await? {
-        Some((message, count)) => Ok(answer::json(&Peeked {
+        Some((message, count)) => Ok(to_value(&Peeked {
             queue: queue.as_str(),
             value: &message.value,
             key: queue.key(message.id),
@@ -142,10 +159,10 @@ async fn get(state: &AppState, command: &Command) -> Result<Response, Error> {
     }
 }
 
-async fn take(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn take(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     match state.broker.pop(&queue).await? {
-        Some(message) => Ok(answer::json(&Entry {
+        Some(message) => Ok(to_value(&Entry {
             queue: queue.as_str(),
             value: &message.value,
             key: queue.key(message.id),
@@ -161,11 +178,11 @@ struct Deleted<'a> {
     key: &'a str,
 }
 
-async fn del(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn del(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     let key = field!(string_field(command, "key"));
     let deleted = state.broker.delete(&queue, key).await?;
-    Ok(answer::json(&Deleted {
+    Ok(to_value(&Deleted {
         queue: queue.as_str(),
         deleted,
         key,
@@ -195,7 +212,7 @@ struct ReceivedAnswer<'a> {
 /// `receive`: like `get`, but the message is hidden for `visibility` seconds
 /// (the queue's setting by default) and comes with a receipt; with `max`, an
 /// array of up to `max` messages.
-async fn receive(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn receive(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     let visibility = number_field(command, "visibility")?;
     let max = number_field(command, "max")?;
@@ -215,8 +232,8 @@ async fn receive(state: &AppState, command: &Command) -> Result<Response, Error>
         })
         .collect();
     match (max, answers.first()) {
-        (None, Some(one)) => Ok(answer::json(one)),
-        _ => Ok(answer::json(&answers)),
+        (None, Some(one)) => Ok(to_value(one)),
+        _ => Ok(to_value(&answers)),
     }
 }
 
@@ -229,19 +246,19 @@ fn receipt_field(command: &Command) -> Result<Result<crate::broker::Receipt, Str
 }
 
 /// A stale receipt is a soft error here, as the protocol answers failures.
-fn settled(outcome: Result<(), Error>, success: serde_json::Value) -> Result<Response, Error> {
+fn settled(outcome: Result<(), Error>, success: Value) -> Result<Value, Error> {
     match outcome {
-        Ok(()) => Ok(answer::json(&success)),
-        Err(Error::StaleReceipts(stale)) => Ok(answer::json(&serde_json::json!({
+        Ok(()) => Ok(success),
+        Err(Error::StaleReceipts(stale)) => Ok(serde_json::json!({
             "error": "stale receipt",
             "stale": stale,
-        }))),
+        })),
         Err(other) => Err(other),
     }
 }
 
 /// `ack`: acknowledges `receipt` (or every one of `receipts`).
-async fn ack(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn ack(state: &AppState, command: &Command) -> Result<Value, Error> {
     let receipts = match command.get("receipts") {
         Some(Value::Array(list)) => list
             .iter()
@@ -270,7 +287,7 @@ async fn ack(state: &AppState, command: &Command) -> Result<Response, Error> {
 }
 
 /// `nack`: releases `receipt`, visible again after `delay` seconds (default 0).
-async fn nack(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn nack(state: &AppState, command: &Command) -> Result<Value, Error> {
     let receipt = field!(receipt_field(command)?);
     let delay = number_field(command, "delay")?.unwrap_or(0);
     let outcome = state.broker.nack(&receipt, delay).await;
@@ -286,7 +303,7 @@ async fn nack(state: &AppState, command: &Command) -> Result<Response, Error> {
 }
 
 /// `extend`: hides `receipt`'s message `visibility` more seconds from now.
-async fn extend(state: &AppState, command: &Command) -> Result<Response, Error> {
+async fn extend(state: &AppState, command: &Command) -> Result<Value, Error> {
     let receipt = field!(receipt_field(command)?);
     let Some(visibility) = number_field(command, "visibility")? else {
         return Ok(soft_error("missing field: visibility"));

@@ -8,6 +8,7 @@ pub mod params;
 mod reliable;
 pub mod stream;
 mod ui;
+mod ws_ack;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::params::{Callback, Params, Queue};
+use super::ws_ack;
 use crate::AppState;
 use crate::broker::QueueName;
 use crate::broker::hub::{End, Held, Next, Resume, Streamed, Subscription};
@@ -465,21 +466,35 @@ async fn closed(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
 }
 
 /// `GET /ws/<q>`: a WebSocket carrying each message as a text frame
-/// `{"key","value"}`; frames the client sends are echoed back, as the original did.
+/// `{"key","value"}`; frames the client sends are echoed back, as the original
+/// did. With `ack=1`, messages come with receipts to settle instead (see
+/// [`ws_ack`](super::ws_ack)).
 pub async fn websocket(
     State(state): State<AppState>,
     Queue(queue): Queue,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    params: Params,
 ) -> Result<Response, Error> {
+    let acking = ws_ack::Options::from_params(&params)?;
     let upgrade = upgrade.map_err(|_| Error::UpgradeRequired)?;
-    let subscription = state.broker.subscribe(&queue, Resume::Live)?;
-    Ok(upgrade
+    let upgrade = upgrade
         // tungstenite's defaults allocate 128 KiB per connection up front; frames
         // here are small, and a batch is flushed as a whole.
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(state.max_body)
-        .on_upgrade(move |socket| websocket_session(socket, subscription)))
+        .max_message_size(state.max_body);
+    Ok(match acking {
+        Some(options) => {
+            let subscription = state.broker.watch(&queue)?;
+            upgrade.on_upgrade(move |socket| {
+                ws_ack::session(socket, state, queue, subscription, options)
+            })
+        }
+        None => {
+            let subscription = state.broker.subscribe(&queue, Resume::Live)?;
+            upgrade.on_upgrade(move |socket| websocket_session(socket, subscription))
+        }
+    })
 }
 
 async fn websocket_session(socket: WebSocket, mut subscription: Subscription) {
