@@ -480,7 +480,7 @@ struct Task<T, F> {
     durable: bool,
     weight: usize,
     f: Option<F>,
-    out: Option<T>,
+    out: Option<Result<T, StoreError>>,
     tx: oneshot::Sender<Result<T, StoreError>>,
 }
 
@@ -499,14 +499,25 @@ where
 
     fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         if let Some(f) = self.f.take() {
-            self.out = Some(f(batch)?);
+            match f(batch) {
+                Ok(out) => self.out = Some(Ok(out)),
+                // A refusal is decided before anything changes: the rest of the
+                // batch goes on, and only this job is refused.
+                Err(refused @ StoreError::Full(_)) => self.out = Some(Err(refused)),
+                Err(
+                    e
+                    @ (StoreError::Unavailable(_) | StoreError::Closed | StoreError::Corrupted(_)),
+                ) => {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
         let answer = match (outcome, self.out) {
-            (Ok(()), Some(out)) => Ok(out),
+            (Ok(()), Some(out)) => out,
             (Ok(()), None) => Err(StoreError::Unavailable("the change was not applied".into())),
             (Err(e), _) => Err(e),
         };
