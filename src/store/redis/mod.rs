@@ -306,6 +306,26 @@ fn with_keys<'a>(script: &'a redis::Script, keys: &'a QueueKeys) -> redis::Scrip
     invocation
 }
 
+/// Runs [`scripts::ACK`] at one place: only checks, or applies. Answers the
+/// numbers of the stale, absent and current receipts.
+async fn ack_at(
+    place: &mut Place,
+    keys: &QueueKeys,
+    now: u64,
+    apply: bool,
+    receipts: &[(u64, u32)],
+) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>), StoreError> {
+    let mut invocation = with_keys(&scripts::ACK, keys);
+    invocation.arg(&keys.prefix).arg(now).arg(u8::from(apply));
+    for (id, delivery) in receipts {
+        invocation.arg(*id).arg(*delivery);
+    }
+    invocation
+        .invoke_async(&mut place.conn)
+        .await
+        .map_err(redis_error)
+}
+
 /// What a queue holds on one server.
 async fn read_info(conn: &mut Conn, keys: &QueueKeys) -> Result<QueueInfo, StoreError> {
     let (last, status, policy): (Option<u64>, Option<String>, Option<String>) = redis::pipe()
@@ -968,30 +988,45 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Vec<(u64, u32)>> {
         Box::pin(async move {
             let keys = self.keys(queue);
-            let mut left = receipts;
+            let mut places = self.places(queue).await?;
+            if let [place] = &mut places[..] {
+                let (stale, _, _) = ack_at(place, &keys, self.clock.now(), true, &receipts).await?;
+                return Ok(receipts
+                    .into_iter()
+                    .filter(|(id, _)| stale.contains(id))
+                    .collect());
+            }
+            // The queue is spread over several places (the ring grew): find
+            // where each receipt's message is, and settle them only when none
+            // is stale, so that a batch stays all or none.
+            let mut left = receipts.clone();
+            let mut found: Vec<Vec<(u64, u32)>> = Vec::with_capacity(places.len());
             let mut stale = Vec::new();
-            for mut place in self.places(queue).await?.into_iter().rev() {
-                if left.is_empty() {
-                    break;
-                }
-                let mut invocation = with_keys(&scripts::ACK, &keys);
-                invocation.arg(&keys.prefix).arg(self.clock.now());
-                for (id, delivery) in &left {
-                    invocation.arg(*id).arg(*delivery);
-                }
-                let (stale_here, absent): (Vec<u64>, Vec<u64>) = invocation
-                    .invoke_async(&mut place.conn)
-                    .await
-                    .map_err(redis_error)?;
-                stale.extend(
+            for place in places.iter_mut().rev() {
+                let (stale_here, absent, current) =
+                    ack_at(place, &keys, self.clock.now(), false, &left).await?;
+                stale.extend(left.iter().filter(|(id, _)| stale_here.contains(id)));
+                found.push(
                     left.iter()
-                        .filter(|(id, _)| stale_here.contains(id))
-                        .copied(),
+                        .filter(|(id, _)| current.contains(id))
+                        .copied()
+                        .collect(),
                 );
                 left.retain(|(id, _)| absent.contains(id));
             }
             // Receipts of messages in flight nowhere are stale too.
             stale.extend(left);
+            if !stale.is_empty() {
+                return Ok(stale);
+            }
+            for (place, here) in places.iter_mut().rev().zip(found) {
+                if here.is_empty() {
+                    continue;
+                }
+                let (stale_here, _, _) =
+                    ack_at(place, &keys, self.clock.now(), true, &here).await?;
+                stale.extend(here.iter().filter(|(id, _)| stale_here.contains(id)));
+            }
             Ok(stale)
         })
     }

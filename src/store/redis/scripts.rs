@@ -228,32 +228,39 @@ return out
     )
 });
 
-/// Acknowledges deliveries. ARGV: prefix, now, then number and delivery per
-/// receipt. Receipts of messages not in flight here are answered as absent;
-/// if any present one is stale, nothing changes. Returns `{stale…}, {absent…}`
-/// as numbers.
+/// Acknowledges deliveries. ARGV: prefix, now, mode, then number and delivery
+/// per receipt. Mode `0` only checks: receipts of messages not in flight here
+/// are answered as absent, and nothing changes. Mode `1` applies: an absent
+/// receipt is stale, and if any is stale nothing changes. Returns
+/// `{stale…}, {absent…}, {current…}` as numbers.
 pub static ACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local now = tonumber(ARGV[2])
-local stale, absent, here = {}, {}, {}
-for i = 3, #ARGV, 2 do
+local apply = ARGV[3] == '1'
+local stale, absent, here, current_ids = {}, {}, {}, {}
+for i = 4, #ARGV, 2 do
   local key = ARGV[1] .. ':' .. ARGV[i]
   if not redis.call('ZSCORE', INFLIGHT, key) then
-    absent[#absent + 1] = ARGV[i]
+    if apply then
+      stale[#stale + 1] = ARGV[i]
+    else
+      absent[#absent + 1] = ARGV[i]
+    end
   elseif current(key, tonumber(ARGV[i + 1]), now) then
     here[#here + 1] = key
+    current_ids[#current_ids + 1] = ARGV[i]
   else
     stale[#stale + 1] = ARGV[i]
   end
 end
-if #stale == 0 then
+if apply and #stale == 0 then
   for _, key in ipairs(here) do
     redis.call('ZREM', INFLIGHT, key)
     forget(key)
   end
 end
-return {stale, absent}
+return {stale, absent, current_ids}
 ",
     )
 });
