@@ -250,12 +250,23 @@ struct Slot {
     wake: Notify,
     /// Wakes long-polling requests: messages may have arrived.
     arrivals: Arc<Notify>,
+    /// Long-polling requests parked on the queue now.
+    waiting: AtomicUsize,
     streams: Mutex<Streams>,
 }
 
 impl Slot {
     fn streams(&self) -> std::sync::MutexGuard<'_, Streams> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A long-polling request counted as parked on its queue until dropped.
+pub struct Parked(Arc<Slot>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -498,6 +509,20 @@ impl Hub {
         self.inner.slot(queue).arrivals.clone()
     }
 
+    /// Counts a long-polling request parked on `queue` while the guard lives.
+    pub fn park(&self, queue: &QueueName) -> Parked {
+        let slot = self.inner.slot(queue);
+        slot.waiting.fetch_add(1, Ordering::Relaxed);
+        Parked(slot)
+    }
+
+    /// Long-polling requests parked on `queue` now.
+    pub fn waiting(&self, queue: &QueueName) -> usize {
+        read(&self.inner.slots)
+            .get(queue)
+            .map_or(0, |slot| slot.waiting.load(Ordering::Relaxed))
+    }
+
     /// Consumers of `queue` connected now.
     pub fn consumers(&self, queue: &QueueName) -> usize {
         read(&self.inner.slots)
@@ -572,6 +597,7 @@ impl Inner {
                     name: name.clone(),
                     wake: Notify::new(),
                     arrivals: Arc::new(Notify::new()),
+                    waiting: AtomicUsize::new(0),
                     streams: Mutex::new(Streams {
                         consumers: Vec::new(),
                         recent: VecDeque::new(),

@@ -145,6 +145,7 @@ impl Broker {
     {
         let deadline = tokio::time::Instant::now() + wait;
         let arrivals = self.hub.arrivals(queue);
+        let mut parked = None;
         loop {
             let arrival = arrivals.notified();
             tokio::pin!(arrival);
@@ -160,6 +161,7 @@ impl Broker {
                 let after = Duration::from_millis(due.saturating_sub(wall));
                 until = until.min(now + after);
             }
+            parked.get_or_insert_with(|| self.hub.park(queue));
             tokio::select! {
                 () = arrival => {}
                 () = tokio::time::sleep_until(until) => {}
@@ -338,6 +340,11 @@ impl Broker {
     /// When the next hidden message of `queue` comes due, on the wall clock.
     pub async fn next_due(&self, queue: &QueueName) -> Result<Option<u64>, Error> {
         Ok(self.store.next_due(queue.as_str()).await?)
+    }
+
+    /// Long-polling requests waiting on `queue` now.
+    pub fn waiting(&self, queue: &QueueName) -> usize {
+        self.hub.waiting(queue)
     }
 
     /// Streaming consumers connected to `queue`.

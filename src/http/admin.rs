@@ -27,7 +27,9 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
             Some(Status::Stopped) | None => json!(""),
         };
         let policy = info.policy.map_or(json!(""), |p: Policy| json!(p.code()));
-        let consumers = QueueName::parse(name).map_or(0, |q| state.broker.consumers(&q));
+        let (consumers, waiting) = QueueName::parse(name).map_or((0, 0), |q| {
+            (state.broker.consumers(&q), state.broker.waiting(&q))
+        });
         all.insert(
             name.clone(),
             json!({
@@ -36,6 +38,7 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
                 "status": status,
                 "policy": policy,
                 "consumers": consumers,
+                "waiting": waiting,
                 "inflight": info.inflight,
                 "delayed": info.delayed,
             }),
@@ -49,8 +52,8 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
     Ok(stats(&answer, callback.as_ref()))
 }
 
-/// `GET /stats/<q>`: the queue's length (0 for an unknown queue) and its
-/// streaming consumers.
+/// `GET /stats/<q>`: the queue's length (0 for an unknown queue), its
+/// streaming consumers, long polls waiting, and messages in flight or delayed.
 pub async fn one(
     State(state): State<AppState>,
     Queue(queue): Queue,
@@ -63,6 +66,7 @@ pub async fn one(
         "queue": queue.as_str(),
         "len": info.len,
         "consumers": state.broker.consumers(&queue),
+        "waiting": state.broker.waiting(&queue),
         "inflight": info.inflight,
         "delayed": info.delayed,
     });
