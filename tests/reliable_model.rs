@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use restmq::store::{
     Clock, EmbeddedOptions, EmbeddedStore, ManualClock, NewMessage, QueueConfig, RedisOptions,
-    RedisStore, RedisTarget, Store,
+    RedisStore, RedisTarget, Store, StoreError,
 };
 
 const CASES: u32 = 96;
@@ -58,6 +58,11 @@ enum Op {
         q: usize,
         max: u64,
     },
+    /// Sets the queue's `max_len` (0: no limit).
+    MaxLen {
+        q: usize,
+        max: u64,
+    },
     Delete {
         q: usize,
         pick: usize,
@@ -82,6 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop::sample::select(vec![100u64, 1_000, 2_500, 6_000])
             .prop_map(|ms| Op::Advance { ms }),
         1 => (q.clone(), 0..3u64).prop_map(|(q, max)| Op::MaxReceives { q, max }),
+        1 => (q.clone(), 0..4u64).prop_map(|(q, max)| Op::MaxLen { q, max }),
         1 => (q, any::<usize>()).prop_map(|(q, pick)| Op::Delete { q, pick }),
     ]
 }
@@ -106,6 +112,7 @@ struct QueueModel {
     msgs: BTreeMap<u64, Msg>,
     last_id: u64,
     max_receives: u64,
+    max_len: u64,
 }
 
 #[derive(Debug, Default)]
@@ -281,7 +288,7 @@ async fn run_case(
             Op::Publish { q, ttl, delay } => {
                 published += 1;
                 let value = format!("v{published}");
-                let ids = store
+                let outcome = store
                     .publish(
                         &names[q],
                         vec![NewMessage {
@@ -290,27 +297,52 @@ async fn run_case(
                             delay,
                         }],
                     )
-                    .await
-                    .map_err(|e| TestCaseError::fail(format!("{at}: {e}")))?;
-                let now = model.now;
-                let queue = model.queue(&names[q]);
-                queue.last_id += 1;
-                let id = queue.last_id;
-                prop_assert_eq!(&ids, &vec![id], "{}", at);
-                let state = match delay {
-                    Some(d) => State::Delayed(now + d * 1000),
-                    None => State::Visible,
+                    .await;
+                let (limit, held) = {
+                    let (len, inflight, delayed) = model.counts(&names[q]);
+                    (model.queue(&names[q]).max_len, len + inflight + delayed)
                 };
-                let expires_at = ttl.map_or(0, |t| now + t * 1000);
-                queue.msgs.insert(
-                    id,
-                    Msg {
-                        value,
-                        expires_at,
-                        deliveries: 0,
-                        state,
-                    },
-                );
+                match outcome {
+                    Err(StoreError::Full(max)) => {
+                        prop_assert_eq!(max, limit, "{}", at);
+                        prop_assert!(
+                            limit > 0 && held >= limit,
+                            "{}: full at {} of {}",
+                            at,
+                            held,
+                            limit
+                        );
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{at}: {e}"))),
+                    Ok(ids) => {
+                        prop_assert!(
+                            limit == 0 || held < limit,
+                            "{}: accepted at {} of {}",
+                            at,
+                            held,
+                            limit
+                        );
+                        let now = model.now;
+                        let queue = model.queue(&names[q]);
+                        queue.last_id += 1;
+                        let id = queue.last_id;
+                        prop_assert_eq!(&ids, &vec![id], "{}", at);
+                        let state = match delay {
+                            Some(d) => State::Delayed(now + d * 1000),
+                            None => State::Visible,
+                        };
+                        let expires_at = ttl.map_or(0, |t| now + t * 1000);
+                        queue.msgs.insert(
+                            id,
+                            Msg {
+                                value,
+                                expires_at,
+                                deliveries: 0,
+                                state,
+                            },
+                        );
+                    }
+                }
             }
             Op::Pop { q } => {
                 let got = store
@@ -414,15 +446,30 @@ async fn run_case(
                 model.now += ms;
             }
             Op::MaxReceives { q, max } => {
+                let queue = model.queue(&names[q]);
+                queue.max_receives = max;
                 let config = QueueConfig {
                     max_receives: max,
+                    max_len: queue.max_len,
                     ..QueueConfig::default()
                 };
                 store
                     .set_config(&names[q], config)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("{at}: {e}")))?;
-                model.queue(&names[q]).max_receives = max;
+            }
+            Op::MaxLen { q, max } => {
+                let queue = model.queue(&names[q]);
+                queue.max_len = max;
+                let config = QueueConfig {
+                    max_receives: queue.max_receives,
+                    max_len: max,
+                    ..QueueConfig::default()
+                };
+                store
+                    .set_config(&names[q], config)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("{at}: {e}")))?;
             }
             Op::Delete { q, pick: which } => {
                 let ids: Vec<u64> = model.queue(&names[q]).msgs.keys().copied().collect();
