@@ -96,7 +96,7 @@ impl BenchArgs {
     pub fn connection_count(&self) -> u32 {
         self.connections.unwrap_or(match self.mode {
             Mode::Fanout => 1,
-            Mode::Publish | Mode::Pop | Mode::Both => 64,
+            Mode::Publish | Mode::Pop | Mode::Both | Mode::Reliable => 64,
         })
     }
 }
@@ -110,6 +110,9 @@ pub enum Mode {
     Pop,
     /// Publish, then pop the same queue.
     Both,
+    /// Publish, then receive each message with a visibility timeout and
+    /// acknowledge it (at-least-once consumption).
+    Reliable,
     /// Streaming fan-out: open the subscribers, then publish, timing every
     /// message from its publish to its receipt by each subscriber.
     Fanout,
@@ -121,6 +124,7 @@ impl Mode {
             Mode::Publish => &[Phase::Publish],
             Mode::Pop => &[Phase::Pop],
             Mode::Both => &[Phase::Publish, Phase::Pop],
+            Mode::Reliable => &[Phase::Publish, Phase::Receive],
             Mode::Fanout => &[],
         }
     }
@@ -159,6 +163,9 @@ pub enum Phase {
     Publish,
     /// `GET /q/<queue>`.
     Pop,
+    /// `GET /q/<queue>?visibility=30`, then `POST /ack` with its receipt: one
+    /// message consumed at least once, timed from the GET to the ack's answer.
+    Receive,
 }
 
 impl fmt::Display for Phase {
@@ -166,6 +173,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Publish => "publish",
             Phase::Pop => "pop",
+            Phase::Receive => "receive",
         })
     }
 }
@@ -377,6 +385,9 @@ struct Target {
     addr: SocketAddr,
     host: HeaderValue,
     uri: Uri,
+    /// `uri` with `?visibility=30`.
+    receive_uri: Uri,
+    ack_uri: Uri,
     form: Bytes,
 }
 
@@ -385,6 +396,7 @@ impl Target {
         match phase {
             Phase::Publish => request(Method::POST, &self.uri, &self.host, self.form.clone()),
             Phase::Pop => request(Method::GET, &self.uri, &self.host, Bytes::new()),
+            Phase::Receive => request(Method::GET, &self.receive_uri, &self.host, Bytes::new()),
         }
     }
 }
@@ -587,10 +599,15 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
     let mut form = Vec::with_capacity(args.size + 6);
     form.extend_from_slice(b"value=");
     form.resize(6 + args.size, b'x');
+    let receive_uri = format!("{uri}?visibility=30")
+        .parse::<Uri>()
+        .map_err(|e| BenchError::InvalidOption(format!("--queue gives no valid path: {e}")))?;
     Ok(Target {
         addr: server.addr,
         host: server.host,
         uri,
+        receive_uri,
+        ack_uri: Uri::from_static("/ack"),
         form: Bytes::from(form),
     })
 }
@@ -607,6 +624,24 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, Failure> 
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// Sends one request and reads the whole answer: its status and body.
+async fn exchange_body(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), Failure> {
+    let send = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    };
+    match timeout(REQUEST_TIMEOUT, send).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(Failure::Timeout),
+    }
 }
 
 /// Sends one request and reads the whole answer: its status and latency.
@@ -626,6 +661,30 @@ async fn exchange(
         Ok(answer) => Ok(answer?),
         Err(_) => Err(Failure::Timeout),
     }
+}
+
+/// Receives one message and acknowledges it: the ack's status (or the
+/// receive's, when it is not 200) and the latency of both.
+async fn receive_and_ack(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: &Target,
+) -> Result<(StatusCode, Duration), Failure> {
+    let started = Instant::now();
+    let (status, body) = exchange_body(sender, target.request(Phase::Receive)).await?;
+    if status != StatusCode::OK {
+        return Ok((status, started.elapsed()));
+    }
+    let receipt = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|answer| answer["receipt"].as_str().map(str::to_owned));
+    let Some(receipt) = receipt else {
+        // Counted as an unexpected answer: 200 without a receipt.
+        return Ok((StatusCode::INTERNAL_SERVER_ERROR, started.elapsed()));
+    };
+    let form = Bytes::from(format!("receipt={receipt}"));
+    let ack = request(Method::POST, &target.ack_uri, &target.host, form);
+    let (status, _) = exchange_body(sender, ack).await?;
+    Ok((status, started.elapsed()))
 }
 
 /// One connection's loop: requests back to back until `deadline`, reconnecting
@@ -648,12 +707,16 @@ async fn worker(target: Arc<Target>, phase: Phase, deadline: Instant) -> Tally {
                 Ok(Ok(sender)) => connection.insert(sender),
             },
         };
-        match exchange(sender, target.request(phase)).await {
+        let answer = match phase {
+            Phase::Publish | Phase::Pop => exchange(sender, target.request(phase)).await,
+            Phase::Receive => receive_and_ack(sender, &target).await,
+        };
+        match answer {
             Ok((status, latency)) => match status {
                 StatusCode::OK => tally.ok(latency),
-                // Nothing publishes during a pop phase: once empty, the queue
-                // stays empty, and popping on would only dilute the rate.
-                StatusCode::NO_CONTENT if phase == Phase::Pop => {
+                // Nothing publishes while consuming: once empty, the queue
+                // stays empty, and consuming on would only dilute the rate.
+                StatusCode::NO_CONTENT if phase != Phase::Publish => {
                     tally.empty += 1;
                     break;
                 }
@@ -1839,7 +1902,7 @@ fn header_line(args: &BenchArgs) -> String {
             args.connection_count(),
             args.size
         ),
-        Mode::Publish | Mode::Pop | Mode::Both => format!(
+        Mode::Publish | Mode::Pop | Mode::Both | Mode::Reliable => format!(
             "restmq bench: {} queue={} connections={} duration={}s size={}B",
             args.server,
             phase_queue(args),
@@ -1864,7 +1927,7 @@ fn write_table(out: &mut dyn Write, report: &Report) -> io::Result<()> {
     for row in &report.phases {
         let empty = match row.phase {
             Phase::Publish => "-".to_owned(),
-            Phase::Pop => row.empty.to_string(),
+            Phase::Pop | Phase::Receive => row.empty.to_string(),
         };
         writeln!(
             out,

@@ -66,6 +66,41 @@ async fn publishes_then_pops_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn receives_and_acknowledges_every_message() {
+    let server = TestServer::start().await;
+    let url = format!("http://{}", server.addr);
+    let args = bench_args(&[
+        "--server",
+        &url,
+        "--duration",
+        "1",
+        "--connections",
+        "4",
+        "--mode",
+        "reliable",
+        "--queue",
+        "bench-acked",
+    ]);
+    let report = bench::measure(&args).await.expect("the bench runs");
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases, [Phase::Publish, Phase::Receive]);
+    let (publish, receive) = (&report.phases[0], &report.phases[1]);
+    assert!(publish.ok > 0, "nothing published: {publish:?}");
+    assert!(receive.ok > 0, "nothing received: {receive:?}");
+    assert_eq!((receive.errors, receive.other), (0, 0), "{receive:?}");
+
+    // What the bench received it acknowledged: nothing is left in flight.
+    let stats = server.get("/stats/bench-acked").await.json();
+    assert_eq!(stats["inflight"], 0, "{stats}");
+    assert_eq!(
+        stats["len"].as_u64(),
+        Some(publish.ok - receive.ok),
+        "every published message is acknowledged by the bench or left waiting: {stats}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_binary_prints_a_table() {
     let server = TestServer::start().await;
     let url = format!("http://{}", server.addr);
