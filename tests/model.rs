@@ -369,7 +369,7 @@ async fn step(
     Ok(())
 }
 
-/// `GET /stats/<q>`: `{"redis","queue","len","consumers"}` with the model's length
+/// `GET /stats/<q>`: `{"redis","queue","len",…}` with the model's length
 /// (and no streaming consumers).
 async fn check_stats(server: &TestServer, queue: &QueueModel) -> Result<(), TestCaseError> {
     let answer = server.get(&format!("/stats/{}", queue.name)).await;
@@ -383,7 +383,7 @@ async fn check_stats(server: &TestServer, queue: &QueueModel) -> Result<(), Test
     body["redis"] = json!("");
     prop_assert_eq!(
         body,
-        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len(), "consumers": 0, "inflight": 0, "delayed": 0}),
+        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len(), "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0}),
         "stats of {}",
         queue.name
     );
