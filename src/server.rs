@@ -5,6 +5,7 @@
 //! hundred bytes instead of hyper's per-connection buffers (about 24 KB).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -96,13 +97,13 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     let state = state.clone();
                     let router = router.clone();
                     let stop = stop.clone();
                     let tracked = Tracked::new(&connections);
                     tokio::spawn(async move {
-                        connection(socket, state, router, stop).await;
+                        connection(socket, peer, state, router, stop).await;
                         drop(tracked);
                     });
                 }
@@ -144,6 +145,7 @@ pub async fn run(
 
 async fn connection(
     socket: TcpStream,
+    peer: SocketAddr,
     state: AppState,
     router: Router,
     mut stop: watch::Receiver<bool>,
@@ -162,7 +164,8 @@ async fn connection(
         Ok(false) => {}
         Err(_) => return,
     }
-    let service = TowerToHyperService::new(router);
+    // Handlers learn the peer's address as axum's `ConnectInfo`.
+    let service = TowerToHyperService::new(WithPeer { router, peer });
     // Boxed, so that a connection on the direct path above does not carry the
     // size of hyper's connection state in its task.
     let mut conn = Box::pin(
@@ -182,5 +185,36 @@ async fn connection(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The router, adding the peer's address to every request it serves.
+#[derive(Clone)]
+struct WithPeer {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl tower_service::Service<axum::extract::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        <Router as tower_service::Service<axum::extract::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<axum::extract::Request<hyper::body::Incoming>>::poll_ready(
+            &mut self.router,
+            cx,
+        )
+    }
+
+    fn call(&mut self, mut request: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        self.router.call(request)
     }
 }
