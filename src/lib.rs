@@ -5,6 +5,7 @@
 //! store. `main` and the tests start the server the same way: [`open`] then
 //! [`serve`].
 
+pub mod acl;
 pub mod bench;
 pub mod broker;
 pub mod config;
