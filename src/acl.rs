@@ -20,6 +20,8 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -631,6 +633,193 @@ fn parse_digest(value: &str) -> Result<Digest256, String> {
             .map_err(|_| wrong())?;
     }
     Ok(digest)
+}
+
+/// A list of addresses, prefixes and CIDR blocks, such as the trusted proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressList(Hosts);
+
+impl AddressList {
+    /// Reads words separated by spaces or commas; `all` stands for every address.
+    pub fn parse(text: &str) -> Result<AddressList, String> {
+        Hosts::parse(&text.replace(',', " ")).map(AddressList)
+    }
+
+    /// Whether `ip` is on the list.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.matches(canonical(ip))
+    }
+}
+
+/// The address a request comes from: the peer's, or, when the peer is a
+/// trusted proxy, the last address in `X-Forwarded-For` that is not one.
+pub fn client_address(
+    peer: IpAddr,
+    forwarded: Option<&str>,
+    trusted: Option<&AddressList>,
+) -> IpAddr {
+    let Some(trusted) = trusted else {
+        return peer;
+    };
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded.unwrap_or("").rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            // A hop that is no address was not written by a proxy we trust.
+            return client;
+        };
+        client = ip;
+        if !trusted.contains(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// The rules in force and where they come from; the file is read again when
+/// it changes.
+#[derive(Debug)]
+pub struct Access {
+    file: Option<PathBuf>,
+    rules: RwLock<Arc<Rules>>,
+    /// Digest of the file's contents behind `rules`.
+    read: Mutex<Digest256>,
+    trusted: Option<AddressList>,
+}
+
+/// Why the access rules could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The ACL file cannot be read.
+    #[error("cannot read the ACL file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The ACL file holds a mistake.
+    #[error("the ACL file {path} is refused: {error}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The mistake.
+        error: ParseError,
+    },
+    /// The trusted proxies are not a list of addresses.
+    #[error("invalid --trusted-proxies: {0}")]
+    Proxies(String),
+}
+
+/// How often the ACL file is checked for changes.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Access {
+    /// Everything open, no proxy trusted.
+    pub fn open() -> Access {
+        Access {
+            file: None,
+            rules: RwLock::new(Arc::new(Rules::default())),
+            read: Mutex::new([0; 32]),
+            trusted: None,
+        }
+    }
+
+    /// Reads the rules of `file` (everything open when `None`) and the list of
+    /// trusted proxies (`None`: `X-Forwarded-For` is never believed).
+    pub fn load(file: Option<&Path>, trusted: Option<&str>) -> Result<Access, AccessError> {
+        let trusted = trusted
+            .map(AddressList::parse)
+            .transpose()
+            .map_err(AccessError::Proxies)?;
+        let mut access = Access {
+            trusted,
+            ..Access::open()
+        };
+        if let Some(path) = file {
+            let text = std::fs::read(path).map_err(|error| AccessError::Read {
+                path: path.to_owned(),
+                error,
+            })?;
+            let rules =
+                parse(&String::from_utf8_lossy(&text)).map_err(|error| AccessError::Parse {
+                    path: path.to_owned(),
+                    error,
+                })?;
+            access.file = Some(path.to_owned());
+            access.rules = RwLock::new(Arc::new(rules));
+            access.read = Mutex::new(sha256(&text));
+        }
+        Ok(access)
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The file the rules come from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The address a request from `peer` comes from (see [`client_address`]).
+    pub fn client(&self, peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
+        client_address(peer, forwarded, self.trusted.as_ref())
+    }
+
+    /// Reads the file again if it changed: new rules take effect, a broken
+    /// file keeps the last good ones and says why.
+    pub fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot read the ACL file; keeping the last rules");
+                return;
+            }
+        };
+        let digest = sha256(&text);
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        if same(&read, &digest) {
+            return;
+        }
+        *read = digest;
+        match parse(&String::from_utf8_lossy(&text)) {
+            Ok(rules) => {
+                *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+                tracing::info!(path = %path.display(), "ACL file changed: new rules in force");
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "the changed ACL file is refused; keeping the last good rules");
+            }
+        }
+    }
+
+    /// Checks the file for changes every [`RELOAD_EVERY`] until `access` is dropped.
+    pub async fn watch(access: Weak<Access>) {
+        let mut ticks = tokio::time::interval(RELOAD_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(access) = access.upgrade() else {
+                return;
+            };
+            // A slow disk must not hold up a runtime thread.
+            let _ = tokio::task::spawn_blocking(move || access.reload()).await;
+        }
+    }
+}
+
+impl fmt::Display for Right {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
 }
 
 impl fmt::Display for Category {

@@ -34,6 +34,16 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
 
+    /// Access rules: a file in the original's acl.conf format, plus bearer
+    /// tokens. It is read again when it changes. Without it, every route is open.
+    #[arg(long, env = "RESTMQ_ACL")]
+    pub acl: Option<PathBuf>,
+
+    /// Proxies whose `X-Forwarded-For` is believed: addresses, prefixes or CIDR
+    /// blocks, separated by commas. Without it, the header is ignored.
+    #[arg(long, env = "RESTMQ_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+
     /// Longest `wait=` a long-polling GET may ask for, in seconds.
     #[arg(long, env = "RESTMQ_MAX_WAIT", default_value_t = DEFAULT_MAX_WAIT,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -128,6 +138,10 @@ pub struct Config {
     pub fsync: bool,
     /// Limits of streaming delivery.
     pub streams: StreamLimits,
+    /// The ACL file, if any.
+    pub acl: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<String>,
 }
 
 impl Config {
@@ -141,6 +155,8 @@ impl Config {
             max_wait: DEFAULT_MAX_WAIT,
             fsync: true,
             streams: StreamLimits::default(),
+            acl: None,
+            trusted_proxies: None,
         }
     }
 }
@@ -171,6 +187,8 @@ impl From<&ServeArgs> for Config {
                 consumer_buffer: args.stream_buffer as usize,
                 resume_buffer: args.resume_buffer as usize,
             },
+            acl: args.acl.clone(),
+            trusted_proxies: args.trusted_proxies.clone(),
         }
     }
 }

@@ -59,9 +59,29 @@ pub enum Error {
     /// The route exists but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Credentials are missing or wrong.
+    #[error("authentication required: {}", challenge_text(*basic, *bearer))]
+    Unauthorized {
+        /// Whether HTTP Basic credentials would do.
+        basic: bool,
+        /// Whether a bearer token would do.
+        bearer: bool,
+    },
+    /// The client may not do this: its address is refused, or its token lacks
+    /// the right.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn challenge_text(basic: bool, bearer: bool) -> &'static str {
+    match (basic, bearer) {
+        (true, true) => "send HTTP Basic credentials or a bearer token",
+        (true, false) => "send HTTP Basic credentials",
+        (false, true) | (false, false) => "send a bearer token",
+    }
 }
 
 impl Error {
@@ -81,6 +101,8 @@ impl Error {
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Corrupted(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,6 +122,35 @@ impl IntoResponse for Error {
         if let Error::StaleReceipts(stale) = &self {
             body["stale"] = serde_json::json!(stale);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        for (name, value) in self.headers() {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+}
+
+impl Error {
+    /// Headers the answer carries besides its body: the challenges of a 401.
+    pub fn headers(&self) -> Vec<(axum::http::HeaderName, String)> {
+        let www = axum::http::header::WWW_AUTHENTICATE;
+        match self {
+            Error::Unauthorized { basic, bearer } => {
+                let mut headers = Vec::new();
+                if *basic {
+                    headers.push((
+                        www.clone(),
+                        r#"Basic realm="restmq", charset="UTF-8""#.to_owned(),
+                    ));
+                }
+                if *bearer || !*basic {
+                    headers.push((www, r#"Bearer realm="restmq""#.to_owned()));
+                }
+                headers
+            }
+            _ => Vec::new(),
+        }
     }
 }

@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 use crate::config::{Config, Storage};
-use crate::error::Error;
 use crate::store::{EmbeddedOptions, EmbeddedStore, RedisStore};
 
 /// What every request handler shares.
@@ -34,11 +33,31 @@ pub struct AppState {
     pub max_body: usize,
     /// Longest long poll, in seconds.
     pub max_wait: u64,
+    /// Who may do what.
+    pub access: Arc<acl::Access>,
+}
+
+/// Why a server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The access rules cannot be read.
+    #[error(transparent)]
+    Access(#[from] acl::AccessError),
 }
 
 /// Opens the store described by `config` and builds the server's state. The
 /// Redis store connects lazily: it opens even while Redis is unreachable.
-pub async fn open(config: &Config) -> Result<AppState, Error> {
+pub async fn open(config: &Config) -> Result<AppState, OpenError> {
+    let access = Arc::new(acl::Access::load(
+        config.acl.as_deref(),
+        config.trusted_proxies.as_deref(),
+    )?);
+    if access.file().is_some() {
+        tokio::spawn(acl::Access::watch(Arc::downgrade(&access)));
+    }
     let store: Arc<dyn store::Store> = match &config.storage {
         Storage::Embedded => {
             let dir = config.data_dir.clone();
@@ -50,9 +69,7 @@ pub async fn open(config: &Config) -> Result<AppState, Error> {
                 tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options, clock))
                     .await
                     .map_err(|e| {
-                        Error::Store(store::StoreError::Unavailable(format!(
-                            "opening the store failed: {e}"
-                        )))
+                        store::StoreError::Unavailable(format!("opening the store failed: {e}"))
                     })??;
             Arc::new(store)
         }
@@ -66,6 +83,7 @@ pub async fn open(config: &Config) -> Result<AppState, Error> {
         broker: Broker::new(store, config.streams),
         max_body: config.max_body,
         max_wait: config.max_wait,
+        access,
     })
 }
 

@@ -160,7 +160,7 @@ async fn connection(
         _ = stop.changed() => return,
     };
     match opens {
-        Ok(true) => return stream::serve_raw(socket, state).await,
+        Ok(true) => return stream::serve_raw(socket, peer, state).await,
         Ok(false) => {}
         Err(_) => return,
     }

@@ -11,9 +11,11 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::access::{self, Granted};
 use super::answer::{self, found};
 use super::params::Params;
 use crate::AppState;
+use crate::acl::{Grant, Right};
 use crate::broker::QueueName;
 use crate::error::Error;
 use crate::store::NewMessage;
@@ -26,7 +28,11 @@ pub async fn help() -> Response {
 }
 
 /// `POST /queue`: runs one JSON command.
-pub async fn run(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+pub async fn run(
+    State(state): State<AppState>,
+    Granted(grant): Granted,
+    params: Params,
+) -> Result<Response, Error> {
     let source: &[u8] = match params.text("msg").or_else(|| params.text("body")) {
         Some(text) => text.as_bytes(),
         None if params.media_type.as_deref() == Some("application/json") => &params.body,
@@ -47,6 +53,7 @@ pub async fn run(State(state): State<AppState>, params: Params) -> Result<Respon
             ));
         }
     };
+    authorize(&grant, name, &command)?;
     let answer = match name {
         "add" => add(&state, &command).await,
         "get" => get(&state, &command).await,
@@ -63,13 +70,46 @@ pub async fn run(State(state): State<AppState>, params: Params) -> Result<Respon
 
 /// Settles a delivery as a WebSocket client asks: `ack`, `nack` or `extend`,
 /// answered as the JSON protocol answers them.
-pub(super) async fn settle(state: &AppState, command: &Command) -> Result<Value, Error> {
+pub(super) async fn settle(
+    state: &AppState,
+    grant: &Grant,
+    command: &Command,
+) -> Result<Value, Error> {
+    if let Some(name) = command.get("cmd").and_then(Value::as_str) {
+        authorize(grant, name, command)?;
+    }
     match command.get("cmd").and_then(Value::as_str) {
         Some("ack") => ack(state, command).await,
         Some("nack") => nack(state, command).await,
         Some("extend") => extend(state, command).await,
         _ => Ok(soft_error("the command must be ack, nack or extend")),
     }
+}
+
+/// Checks that `grant` may run the command on the queue it names, or on the
+/// queues of its receipts. What cannot be read is left to the command, which
+/// refuses it.
+fn authorize(grant: &Grant, name: &str, command: &Command) -> Result<(), Error> {
+    let right = match name {
+        "add" => Right::Publish,
+        "get" | "take" | "del" | "receive" | "ack" | "nack" | "extend" => Right::Consume,
+        _ => return Ok(()),
+    };
+    if let Ok(Ok(queue)) = queue_field(command) {
+        access::require(grant, right, &queue)?;
+    }
+    let receipts = command
+        .get("receipts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(command.get("receipt"))
+        .filter_map(Value::as_str)
+        .filter_map(|text| super::reliable::receipt(text).ok());
+    for receipt in receipts {
+        access::require(grant, right, &receipt.queue)?;
+    }
+    Ok(())
 }
 
 fn soft_error(message: &str) -> Value {

@@ -10,10 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::access::{self, Granted};
 use super::answer::{self, control, json_line, text_line};
 use super::params::{Params, Queue, wants_json};
 use super::ui;
 use crate::AppState;
+use crate::acl::Right;
 use crate::broker::QueueName;
 use crate::error::Error;
 use crate::store::{Message, NewMessage, Policy, Status};
@@ -45,12 +47,17 @@ struct QueueStatus<'a> {
 
 /// `GET /`: pops from `queue=`, answering 404 when it is empty; without `queue`,
 /// redirects to the dashboard.
-pub async fn index(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+pub async fn index(
+    State(state): State<AppState>,
+    Granted(grant): Granted,
+    params: Params,
+) -> Result<Response, Error> {
     let callback = params.callback()?;
     let Some(queue) = params.raw("queue") else {
         return Ok(answer::found("/static/index.html"));
     };
     let queue = QueueName::parse(queue.trim())?;
+    access::require(&grant, Right::Consume, &queue)?;
     match state.broker.pop(&queue).await? {
         Some(message) => Ok(json_line(&Popped::new(&queue, &message), callback.as_ref())),
         None => Err(Error::EmptyQueue),
@@ -60,12 +67,14 @@ pub async fn index(State(state): State<AppState>, params: Params) -> Result<Resp
 /// `POST /`: publishes `msg` or `value` to `queue=`.
 pub async fn index_publish(
     State(state): State<AppState>,
+    Granted(grant): Granted,
     params: Params,
 ) -> Result<Response, Error> {
     let queue = params
         .text("queue")
         .ok_or(Error::MissingParameter("queue"))?;
     let queue = QueueName::parse(queue)?;
+    access::require(&grant, Right::Publish, &queue)?;
     publish(&state, &queue, &params).await
 }
 

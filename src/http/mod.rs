@@ -1,5 +1,6 @@
 //! The HTTP front door: the router and its handlers, by route family.
 
+pub mod access;
 mod admin;
 mod answer;
 mod command;
@@ -20,6 +21,7 @@ use crate::error::Error;
 /// Every route, with the body limit, the 404 and the 405 answers.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let guard = axum::middleware::from_fn_with_state(state.clone(), access::guard);
     Router::new()
         .route("/", get(legacy::index).post(legacy::index_publish))
         .route("/q/", get(legacy::queue_list).post(legacy::no_queue))
@@ -69,5 +71,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(guard)
         .with_state(state)
 }

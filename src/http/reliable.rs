@@ -6,9 +6,11 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
+use super::access::{self, Granted};
 use super::answer;
 use super::params::{Params, Queue};
 use crate::AppState;
+use crate::acl::Right;
 use crate::broker::{QueueName, Receipt};
 use crate::error::Error;
 use crate::store::QueueConfig;
@@ -32,7 +34,11 @@ fn one_receipt(params: &Params) -> Result<Receipt, Error> {
 /// `POST /ack`: acknowledges deliveries (`receipt`, repeated for a batch):
 /// their messages are deleted. A stale receipt gets 409, and then none of its
 /// queue's receipts is acknowledged.
-pub async fn ack(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+pub async fn ack(
+    State(state): State<AppState>,
+    Granted(grant): Granted,
+    params: Params,
+) -> Result<Response, Error> {
     let receipts = params
         .all("receipt")
         .into_iter()
@@ -41,14 +47,22 @@ pub async fn ack(State(state): State<AppState>, params: Params) -> Result<Respon
     if receipts.is_empty() {
         return Err(Error::MissingParameter("receipt"));
     }
+    for receipt in &receipts {
+        access::require(&grant, Right::Consume, &receipt.queue)?;
+    }
     state.broker.ack(&receipts).await?;
     Ok(answer::json(&json!({ "acked": receipts.len() })))
 }
 
 /// `POST /nack`: releases a delivery (`receipt`): visible again at once, or after
 /// `delay` seconds.
-pub async fn nack(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+pub async fn nack(
+    State(state): State<AppState>,
+    Granted(grant): Granted,
+    params: Params,
+) -> Result<Response, Error> {
     let receipt = one_receipt(&params)?;
+    access::require(&grant, Right::Consume, &receipt.queue)?;
     let delay = params.number("delay")?.unwrap_or(0);
     state.broker.nack(&receipt, delay).await?;
     Ok(answer::json(&json!({
@@ -60,8 +74,13 @@ pub async fn nack(State(state): State<AppState>, params: Params) -> Result<Respo
 }
 
 /// `POST /extend`: hides a delivered message `visibility` more seconds from now.
-pub async fn extend(State(state): State<AppState>, params: Params) -> Result<Response, Error> {
+pub async fn extend(
+    State(state): State<AppState>,
+    Granted(grant): Granted,
+    params: Params,
+) -> Result<Response, Error> {
     let receipt = one_receipt(&params)?;
+    access::require(&grant, Right::Consume, &receipt.queue)?;
     let visibility = params
         .number("visibility")?
         .ok_or(Error::MissingParameter("visibility"))?;

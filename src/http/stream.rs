@@ -21,6 +21,7 @@ use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::access::{self, Granted};
 use super::params::{Callback, Params, Queue};
 use super::ws_ack;
 use crate::AppState;
@@ -333,12 +334,12 @@ pub async fn opens_stream(socket: &TcpStream) -> bool {
 /// Serves a connection whose first request opens a stream, directly on the
 /// socket: reads the request's head, answers with a chunked stream, and closes
 /// the connection when the stream ends.
-pub async fn serve_raw(mut socket: TcpStream, state: AppState) {
+pub async fn serve_raw(mut socket: TcpStream, peer: std::net::SocketAddr, state: AppState) {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
         Ok(Some(head)) => head,
         Ok(None) | Err(_) => return,
     };
-    let started = raw_request(&head).and_then(|request| request.start(&state));
+    let started = raw_request(&head, &state, peer).and_then(|request| request.start(&state));
     drop(head);
     let (mut streaming, content_type) = match started {
         Ok(started) => started,
@@ -399,8 +400,12 @@ async fn read_head(socket: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
-/// Reads a raw stream request's head as the routes would.
-fn raw_request(head: &[u8]) -> Result<StreamRequest, Error> {
+/// Reads a raw stream request's head, and decides it, as the routes would.
+fn raw_request(
+    head: &[u8],
+    state: &AppState,
+    peer: std::net::SocketAddr,
+) -> Result<StreamRequest, Error> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -430,6 +435,16 @@ fn raw_request(head: &[u8]) -> Result<StreamRequest, Error> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
     };
+    if let Some(need) = access::classify(&axum::http::Method::GET, path) {
+        let credentials = access::Credentials::read(header, Some(query));
+        access::decide(
+            state,
+            &need,
+            peer.ip(),
+            header("x-forwarded-for"),
+            &credentials,
+        )?;
+    }
     StreamRequest::new(
         route,
         queue,
@@ -443,9 +458,14 @@ fn raw_request(head: &[u8]) -> Result<StreamRequest, Error> {
 async fn answer_error(socket: &mut TcpStream, error: &Error) {
     let status = error.status();
     let body = serde_json::json!({ "error": error.to_string() }).to_string();
+    let extra: String = error
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let response = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
+         {extra}connection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -472,6 +492,7 @@ async fn closed(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
 pub async fn websocket(
     State(state): State<AppState>,
     Queue(queue): Queue,
+    Granted(grant): Granted,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     params: Params,
 ) -> Result<Response, Error> {
@@ -487,7 +508,7 @@ pub async fn websocket(
         Some(options) => {
             let subscription = state.broker.watch(&queue)?;
             upgrade.on_upgrade(move |socket| {
-                ws_ack::session(socket, state, queue, subscription, options)
+                ws_ack::session(socket, state, queue, subscription, options, grant)
             })
         }
         None => {

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::command;
 use super::params::Params;
 use crate::AppState;
+use crate::acl::Grant;
 use crate::broker::hub::{End, Next, Subscription};
 use crate::broker::{QueueName, Receipt};
 use crate::error::Error;
@@ -141,6 +142,7 @@ pub async fn session(
     queue: QueueName,
     mut subscription: Subscription,
     options: Options,
+    grant: Grant,
 ) {
     let (mut sink, mut incoming) = socket.split();
     let visibility = match options.visibility {
@@ -204,7 +206,7 @@ pub async fn session(
             }
             frame = incoming.next() => match frame {
                 Some(Ok(Frame::Text(text))) => {
-                    let reply = answer(&state, text.as_str(), &mut outstanding).await;
+                    let reply = answer(&state, &grant, text.as_str(), &mut outstanding).await;
                     if sink.send(reply).await.is_err() {
                         break;
                     }
@@ -278,13 +280,18 @@ async fn deliver(
 }
 
 /// Carries out a command frame and makes its answer frame.
-async fn answer(state: &AppState, text: &str, outstanding: &mut Outstanding) -> Frame {
+async fn answer(
+    state: &AppState,
+    grant: &Grant,
+    text: &str,
+    outstanding: &mut Outstanding,
+) -> Frame {
     let command = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(command)) => command,
         Ok(_) => return error_frame("a command is a JSON object"),
         Err(e) => return error_frame(&format!("malformed JSON: {e}")),
     };
-    let mut answer = match command::settle(state, &command).await {
+    let mut answer = match command::settle(state, grant, &command).await {
         Ok(answer) => answer,
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };

@@ -1,0 +1,242 @@
+//! Access control at the HTTP door: which rules each route answers to, what a
+//! request presents, and the middleware that lets a request in, or refuses it
+//! before any work is done.
+//!
+//! A route's queue, when its path names one, is checked here. Routes whose
+//! queue comes in the body (`POST /`, `POST /queue`, `/ack`, …) are let in by
+//! category here and check their queue with [`require`] once they know it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
+
+use crate::AppState;
+use crate::acl::{Category, Denial, Grant, Presented, Right};
+use crate::broker::QueueName;
+use crate::error::Error;
+
+/// Which queues a route's right applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The queue its path names.
+    Queue(QueueName),
+    /// Every queue at once (a listing).
+    Every,
+    /// The handler checks, once it has read which queue.
+    InHandler,
+    /// The path names no valid queue: the handler refuses the request anyway.
+    Refused,
+}
+
+/// What a route needs to be let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// The rules it answers to.
+    pub category: Category,
+    /// The right a token needs, and on what.
+    pub right: Right,
+    /// Where that right applies.
+    pub scope: Scope,
+}
+
+/// The queue named by the path after `prefix`, as the routes decode it.
+fn scope(rest: &str) -> Scope {
+    match percent_decode_str(rest).decode_utf8() {
+        Ok(name) => QueueName::parse(&name).map_or(Scope::Refused, Scope::Queue),
+        Err(_) => Scope::Refused,
+    }
+}
+
+/// The needs of a route; `None` for what is open to all (health checks,
+/// static assets, the help redirect, unknown paths).
+pub fn classify(method: &Method, path: &str) -> Option<Need> {
+    use Category::{CometConsumer, RestConsumer, RestProducer, WebsocketConsumer};
+    use Right::{Admin, Consume, Publish};
+    let need = |category, right, scope| {
+        Some(Need {
+            category,
+            right,
+            scope,
+        })
+    };
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    let delete = method == Method::DELETE;
+    match path {
+        "/" if get => return need(RestConsumer, Consume, Scope::InHandler),
+        "/" if post => return need(RestProducer, Publish, Scope::InHandler),
+        "/queue" if post => return need(RestProducer, Publish, Scope::InHandler),
+        "/ack" | "/nack" | "/extend" if post => {
+            return need(RestConsumer, Consume, Scope::InHandler);
+        }
+        "/q/" | "/stats/" | "/control/" if get => return need(RestConsumer, Admin, Scope::Every),
+        _ => {}
+    }
+    let (prefix, rest) = path.get(1..)?.split_once('/')?;
+    if rest.is_empty() {
+        // A route prefix without a queue: the handlers answer 400.
+        return None;
+    }
+    let scope = scope(rest);
+    match prefix {
+        "q" if get => need(RestConsumer, Consume, scope),
+        "q" if post => need(RestProducer, Publish, scope),
+        "q" if delete => need(RestProducer, Admin, scope),
+        "p" | "control" | "config" if get => need(RestConsumer, Consume, scope),
+        "p" | "control" | "config" | "redrive" if post => need(RestProducer, Admin, scope),
+        "stats" | "j" if get => need(RestConsumer, Consume, scope),
+        "c" | "sse" if get => need(CometConsumer, Consume, scope),
+        "ws" if get => need(WebsocketConsumer, Consume, scope),
+        _ => None,
+    }
+}
+
+/// What a request presents, read from its headers and query string.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    authorization: Option<String>,
+    cookie: Option<String>,
+    token: Option<String>,
+}
+
+impl Credentials {
+    /// Reads the `Authorization` header, the `auth` cookie and the
+    /// `access_token` parameter.
+    pub fn read<'a>(header: impl Fn(&str) -> Option<&'a str>, query: Option<&str>) -> Credentials {
+        let cookie = header("cookie").and_then(|cookies| {
+            cookies.split(';').find_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                (name == "auth").then(|| decode(value))
+            })
+        });
+        let token = query.and_then(|query| {
+            query.split('&').find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                (name == "access_token").then(|| decode(value))
+            })
+        });
+        Credentials {
+            authorization: header("authorization").map(str::to_owned),
+            cookie,
+            token,
+        }
+    }
+
+    /// As the rules take them.
+    pub fn presented(&self) -> Presented<'_> {
+        Presented {
+            authorization: self.authorization.as_deref(),
+            auth_cookie: self.cookie.as_deref(),
+            access_token: self.token.as_deref(),
+        }
+    }
+}
+
+fn decode(value: &str) -> String {
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
+}
+
+/// Decides a request: who it is let in as, or why not. `peer` is the
+/// connection's address; `forwarded` its `X-Forwarded-For`.
+pub fn decide(
+    state: &AppState,
+    need: &Need,
+    peer: IpAddr,
+    forwarded: Option<&str>,
+    credentials: &Credentials,
+) -> Result<Grant, Error> {
+    let rules = state.access.rules();
+    if rules.is_open() {
+        return Ok(Grant::Full);
+    }
+    let client = state.access.client(peer, forwarded);
+    let grant = rules
+        .decide(need.category, client, &credentials.presented())
+        .map_err(|denial| match denial {
+            Denial::Address => Error::Forbidden(format!(
+                "the address {client} may not use the {} routes",
+                need.category
+            )),
+            Denial::Credentials { basic, bearer } => Error::Unauthorized { basic, bearer },
+        })?;
+    match &need.scope {
+        Scope::Queue(queue) => require(&grant, need.right, queue)?,
+        Scope::Every => {
+            if !grant.allows(need.right, None) {
+                return Err(refusal(&grant, need.right, "every queue"));
+            }
+        }
+        Scope::InHandler | Scope::Refused => {}
+    }
+    Ok(grant)
+}
+
+/// Checks that `grant` may do `right` to `queue`.
+pub fn require(grant: &Grant, right: Right, queue: &QueueName) -> Result<(), Error> {
+    if grant.allows(right, Some(queue.as_str())) {
+        Ok(())
+    } else {
+        Err(refusal(grant, right, queue.as_str()))
+    }
+}
+
+fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
+    let who = match grant {
+        Grant::Token(token) => format!("the token {}", token.name),
+        Grant::Full => "this client".to_owned(),
+    };
+    Error::Forbidden(format!("{who} has no {right} right on {what}"))
+}
+
+/// The middleware: decides every request, and hands the grant to the handler.
+pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let grant = match classify(request.method(), request.uri().path()) {
+        None => Grant::Full,
+        Some(_) if state.access.rules().is_open() => Grant::Full,
+        Some(need) => {
+            // Served without our accept loop (which adds the peer), nothing
+            // is known of the client: an address no rule allows.
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+            let headers = request.headers();
+            let credentials =
+                Credentials::read(|name| header(headers, name), request.uri().query());
+            let forwarded = header(headers, "x-forwarded-for");
+            match decide(&state, &need, peer, forwarded, &credentials) {
+                Ok(grant) => grant,
+                Err(refused) => return refused.into_response(),
+            }
+        }
+    };
+    request.extensions_mut().insert(grant);
+    next.run(request).await
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Who the request was let in as: handlers whose queue comes in the body
+/// check it with [`require`].
+pub struct Granted(pub Grant);
+
+impl<S: Send + Sync> FromRequestParts<S> for Granted {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Granted, Error> {
+        // The middleware decides every request; none comes here undecided.
+        parts
+            .extensions
+            .get::<Grant>()
+            .cloned()
+            .map(Granted)
+            .ok_or_else(|| Error::Forbidden("the request was not checked".into()))
+    }
+}
