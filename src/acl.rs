@@ -594,15 +594,9 @@ fn token(line: usize, name: String, entries: &Entries) -> Result<Token, ParseErr
         let error = |message: String| ParseError { line: *at, message };
         match key.as_str() {
             "sha256" => digest = Some(parse_digest(value).map_err(error)?),
-            "publish" | "consume" | "admin" => {
-                let right = [Right::Publish, Right::Consume, Right::Admin]
-                    .into_iter()
-                    .find(|r| r.key() == key)
-                    .unwrap_or(Right::Consume);
-                for word in value.split_whitespace() {
-                    rights.push((right, Pattern(word.to_owned())));
-                }
-            }
+            "publish" => push_patterns(&mut rights, Right::Publish, value),
+            "consume" => push_patterns(&mut rights, Right::Consume, value),
+            "admin" => push_patterns(&mut rights, Right::Admin, value),
             other => {
                 return Err(error(format!(
                     "unknown key {other}: a token has sha256, publish, consume and admin"
@@ -619,6 +613,36 @@ fn token(line: usize, name: String, entries: &Entries) -> Result<Token, ParseErr
         digest,
         rights,
     })
+}
+
+fn push_patterns(rights: &mut Vec<(Right, Pattern)>, right: Right, value: &str) {
+    for word in value.split_whitespace() {
+        rights.push((right, Pattern(word.to_owned())));
+    }
+}
+
+/// The `[token:NAME]` section admitting `token` with rights on the queue
+/// patterns given (space-separated; empty for none). It holds only the
+/// token's digest. It is checked by parsing it, so what it prints loads.
+pub fn token_section(
+    name: &str,
+    token: &str,
+    publish: &str,
+    consume: &str,
+    admin: &str,
+) -> Result<String, ParseError> {
+    let mut text = format!("[token:{name}]\nsha256 = {}\n", token_digest(token));
+    for (right, patterns) in [
+        (Right::Publish, publish),
+        (Right::Consume, consume),
+        (Right::Admin, admin),
+    ] {
+        if !patterns.trim().is_empty() {
+            text.push_str(&format!("{} = {}\n", right.key(), patterns.trim()));
+        }
+    }
+    parse(&text)?;
+    Ok(text)
 }
 
 fn parse_digest(value: &str) -> Result<Digest256, String> {
@@ -1012,6 +1036,30 @@ mod tests {
             ..NOBODY
         };
         assert_eq!(rules.decide(Category::RestConsumer, at, &forged), challenge);
+    }
+
+    #[test]
+    fn a_printed_token_section_admits_its_token_only() {
+        let section =
+            token_section("ci", "rmq_secret", "jobs/*", "jobs/*", "").expect("a valid section");
+        assert!(
+            !section.contains("rmq_secret"),
+            "only the digest is written"
+        );
+        let rules = parse(&section).expect("parses");
+        let bearer = "Bearer rmq_secret";
+        let presented = Presented {
+            authorization: Some(bearer),
+            ..NOBODY
+        };
+        let Ok(Grant::Token(granted)) =
+            rules.decide(Category::RestProducer, ip("10.0.0.1"), &presented)
+        else {
+            panic!("the token is let in");
+        };
+        assert!(granted.allows(Right::Publish, Some("jobs/1")));
+        assert!(!granted.allows(Right::Admin, Some("jobs/1")));
+        assert!(token_section("bad]name\n[x", "t", "*", "*", "").is_err());
     }
 
     #[test]

@@ -36,6 +36,25 @@ enum Command {
     /// Measure a running server: publish and pop from many connections, or fan-out
     /// to many streaming subscribers (`--mode fanout`).
     Bench(BenchArgs),
+    /// Make a bearer token: prints the token (give it to the client) and the
+    /// `[token:NAME]` section holding only its digest (put it in the ACL file).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The token's name in the ACL file.
+    #[arg(default_value = "client")]
+    name: String,
+    /// Queue patterns it may publish to (`*` matches any run of characters).
+    #[arg(long, default_value = "*")]
+    publish: String,
+    /// Queue patterns it may consume from.
+    #[arg(long, default_value = "*")]
+    consume: String,
+    /// Queue patterns it may administer (empty for none).
+    #[arg(long, default_value = "")]
+    admin: String,
 }
 
 #[tokio::main]
@@ -52,14 +71,38 @@ async fn main() -> anyhow::Result<()> {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Bench(args)) => Ok(bench::run(&args).await?),
+        Some(Command::Token(args)) => token(&args),
     }
+}
+
+/// Prints a new token and the ACL section that admits it.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
+        &mut secret,
+    )
+    .context("cannot read /dev/urandom")?;
+    let token: String = std::iter::once("rmq_".to_owned())
+        .chain(secret.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let section = restmq::acl::token_section(
+        &args.name,
+        &token,
+        &args.publish,
+        &args.consume,
+        &args.admin,
+    )
+    .context("cannot make the token's section")?;
+    println!("# token (give it to the client; it is not stored anywhere):");
+    println!("# {token}");
+    println!("{section}");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from(&args);
-    let state = restmq::open(&config)
-        .await
-        .context("cannot open the store")?;
+    let state = restmq::open(&config).await.context("cannot start")?;
     let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
@@ -70,6 +113,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fsync = config.fsync,
         "restmq listening on http://{addr}/"
     );
+    if state.access.rules().is_open() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "no --acl: every route is open to anyone who can reach {addr}; see the README's Security section"
+        );
+    }
     restmq::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("restmq stopped");
     Ok(())
