@@ -416,6 +416,24 @@ fn raw_request(
     }
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
+    };
+    // Authorized before anything else is read, as the other routes are.
+    if let Some(need) = access::classify(&axum::http::Method::GET, path) {
+        let credentials = access::Credentials::read(header, Some(query));
+        access::decide(
+            state,
+            &need,
+            peer.ip(),
+            header("x-forwarded-for"),
+            &credentials,
+        )?;
+    }
     let (route, raw_queue) = if let Some(rest) = path.strip_prefix("/c/") {
         (Route::Comet, rest)
     } else if let Some(rest) = path.strip_prefix("/sse/") {
@@ -428,23 +446,6 @@ fn raw_request(
         .map_err(|_| Error::InvalidQueueName("it is not valid UTF-8 once percent-decoded"))?;
     let queue = QueueName::parse(&name)?;
     let params = Params::from_query(query)?;
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{fffd}"))
-    };
-    if let Some(need) = access::classify(&axum::http::Method::GET, path) {
-        let credentials = access::Credentials::read(header, Some(query));
-        access::decide(
-            state,
-            &need,
-            peer.ip(),
-            header("x-forwarded-for"),
-            &credentials,
-        )?;
-    }
     StreamRequest::new(
         route,
         queue,
