@@ -14,6 +14,15 @@ pub const DEFAULT_MAX_WAIT: u64 = 20;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
 const MAX_BODY_CEILING: u64 = 1 << 30;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line per event, with its span's fields.
+    Text,
+    /// For machines: one JSON object per line, with the span's fields.
+    Json,
+}
+
 /// The options of `restmq serve` (also accepted by plain `restmq`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -33,6 +42,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RESTMQ_MAX_BODY", default_value_t = DEFAULT_MAX_BODY as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
+
+    /// How logs are written to stderr. Each request is a span (method, path,
+    /// client); `RUST_LOG=debug` also logs each answer with its status and time.
+    #[arg(long, env = "RESTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Access rules: a file in the original's acl.conf format, plus bearer
     /// tokens. It is read again when it changes. Without it, every route is open.

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::http::stream;
@@ -160,7 +161,17 @@ async fn connection(
         _ = stop.changed() => return,
     };
     match opens {
-        Ok(true) => return stream::serve_raw(socket, peer, state).await,
+        Ok(true) => {
+            let span = tracing::info_span!(
+                "request",
+                method = "GET",
+                path = tracing::field::Empty,
+                client = %peer.ip(),
+            );
+            return stream::serve_raw(socket, peer, state)
+                .instrument(span)
+                .await;
+        }
         Ok(false) => {}
         Err(_) => return,
     }

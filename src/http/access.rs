@@ -6,9 +6,9 @@
 //! queue comes in the body (`POST /`, `POST /queue`, `/ack`, …) are let in by
 //! category here and check their queue with [`require`] once they know it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
@@ -201,10 +201,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         Some(need) => {
             // Served without our accept loop (which adds the peer), nothing
             // is known of the client: an address no rule allows.
-            let peer = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+            let peer = super::trace::peer(&request);
             let headers = request.headers();
             let credentials =
                 Credentials::read(|name| header(headers, name), request.uri().query());

@@ -8,6 +8,7 @@ mod legacy;
 pub mod params;
 mod reliable;
 pub mod stream;
+mod trace;
 mod ui;
 mod ws_ack;
 
@@ -72,5 +73,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(guard)
+        .layer(axum::middleware::from_fn(trace::span))
         .with_state(state)
 }

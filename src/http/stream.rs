@@ -416,6 +416,7 @@ fn raw_request(
     }
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    tracing::Span::current().record("path", path);
     let header = |name: &str| {
         request
             .headers
