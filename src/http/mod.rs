@@ -5,6 +5,7 @@ mod admin;
 mod answer;
 mod command;
 mod legacy;
+mod openapi;
 pub mod params;
 mod reliable;
 pub mod stream;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/", get(legacy::no_queue))
         .route("/ws/{*queue}", get(stream::websocket))
         .route("/static/{*path}", get(ui::asset))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
