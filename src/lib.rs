@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod store;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub max_wait: u64,
     /// Who may do what.
     pub access: Arc<acl::Access>,
+    /// Counters and latencies, for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Why a server could not be set up.
@@ -79,8 +82,11 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
             Arc::new(store::SystemClock),
         )?),
     };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let store = Arc::new(store::MeteredStore::new(store, metrics.clone()));
     Ok(AppState {
         broker: Broker::new(store, config.streams),
+        metrics,
         max_body: config.max_body,
         max_wait: config.max_wait,
         access,

@@ -264,6 +264,7 @@ fn routes() -> Vec<(Call, (&'static str, &'static str), u16)> {
         (Call::new("GET", "/?queue=mx"), CONSUMER, 200),
         (Call::new("GET", "/q/"), CONSUMER, 200),
         (Call::new("GET", "/stats/"), CONSUMER, 200),
+        (Call::new("GET", "/metrics"), CONSUMER, 200),
         (Call::new("GET", "/stats/mx"), CONSUMER, 200),
         (Call::new("GET", "/p/mx"), CONSUMER, 200),
         (Call::new("GET", "/control/mx"), CONSUMER, 200),

@@ -74,7 +74,9 @@ pub fn classify(method: &Method, path: &str) -> Option<Need> {
         "/ack" | "/nack" | "/extend" if post => {
             return need(RestConsumer, Consume, Scope::InHandler);
         }
-        "/q/" | "/stats/" | "/control/" if get => return need(RestConsumer, Admin, Scope::Every),
+        "/q/" | "/stats/" | "/control/" | "/metrics" if get => {
+            return need(RestConsumer, Admin, Scope::Every);
+        }
         _ => {}
     }
     let (prefix, rest) = path.get(1..)?.split_once('/')?;

@@ -2,7 +2,7 @@
 //! `GET /readyz`).
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::answer::stats;
@@ -10,6 +10,7 @@ use super::params::{Params, Queue};
 use crate::AppState;
 use crate::broker::QueueName;
 use crate::error::Error;
+use crate::metrics::QueueGauges;
 use crate::store::{Policy, Status};
 
 /// `GET /stats/`: every listed queue with its length, status, policy and
@@ -50,6 +51,33 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
         "count": queues.len(),
     });
     Ok(stats(&answer, callback.as_ref()))
+}
+
+/// `GET /metrics`: the Prometheus text exposition: counters since the process
+/// started, and the queues' gauges read now.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
+    let queues = state.broker.queues().await?;
+    let gauges: Vec<QueueGauges> = queues
+        .into_iter()
+        .map(|(name, info)| {
+            let consumers = QueueName::parse(&name).map_or(0, |q| state.broker.consumers(&q));
+            QueueGauges {
+                queue: name,
+                depth: info.len,
+                inflight: info.inflight,
+                delayed: info.delayed,
+                consumers: consumers as u64,
+            }
+        })
+        .collect();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&gauges),
+    )
+        .into_response())
 }
 
 /// `GET /stats/<q>`: the queue's length (0 for an unknown queue), its

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/redrive/{*queue}", post(reliable::redrive))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
         .route("/stats/", get(admin::all))
         .route("/stats/{*queue}", get(admin::one))
         .route("/j/", get(legacy::no_queue))
@@ -75,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(guard)
-        .layer(axum::middleware::from_fn(trace::span))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            trace::span,
+        ))
         .with_state(state)
 }

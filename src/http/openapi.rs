@@ -305,6 +305,10 @@ fn build() -> Value {
             },
             "/healthz": { "get": operation("The process is up.", vec![], json!({ "200": json_answer("Up.", json!({ "type": "object" })) })) },
             "/readyz": { "get": operation("The store is reachable.", vec![], json!({ "200": json_answer("Ready.", json!({ "type": "object" })), "503": { "$ref": "#/components/responses/E503" } })) },
+            "/metrics": {
+                "get": operation("Prometheus metrics: counters per queue since the process started, the queues' gauges, request and store latency histograms.", vec![],
+                    with_errors(json!({ "200": { "description": "The text exposition format.", "content": { "text/plain": { "schema": string() } } } }), &[]))
+            },
             "/stats/": { "get": operation("Every queue's counts.", vec![callback()], with_errors(json!({ "200": json_answer("Counts per queue.", json!({ "type": "object" })) }), &[])) },
             "/stats/{queue}": {
                 "get": operation("The queue's counts: len, consumers, waiting, inflight, delayed.", vec![queue_path(), callback()],

@@ -1,14 +1,16 @@
 //! One span per request, so that whatever a request logs carries its method,
-//! path and client; at debug level, each answer is logged with its status and
-//! time.
+//! path and client; each answer's time goes to the latency histogram, and at
+//! debug level to the log with its status.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+use crate::AppState;
 
 /// The client's address as the connection gave it (before any proxy header).
 pub fn peer(request: &Request) -> IpAddr {
@@ -19,19 +21,25 @@ pub fn peer(request: &Request) -> IpAddr {
 }
 
 /// The middleware: runs the request inside its span.
-pub async fn span(request: Request, next: Next) -> Response {
+pub async fn span(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         client = %peer(&request),
     );
+    let method = request.method().clone();
+    // The route's pattern, not the path: one series per route, whatever the queues.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.http(method.as_str(), route, elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
-            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "answered"
         );
     });

@@ -6,6 +6,7 @@
 //! those their semantics. Every store answers the same conformance tests.
 
 pub mod embedded;
+mod metered;
 pub mod redis;
 
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use metered::MeteredStore;
 pub use redis::{RedisOptions, RedisStore, RedisTarget};
 
 /// What a store operation returns; boxed so that `Arc<dyn Store>` works.

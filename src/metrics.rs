@@ -1,0 +1,302 @@
+//! Counters and latency histograms, kept in atomics and rendered in the
+//! Prometheus text format by `GET /metrics`. Counters live as long as the
+//! process, as Prometheus expects; gauges (depth, in flight, consumers) are
+//! read from the queues when scraped.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
+const BUCKETS_MICROS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MICROS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = BUCKETS_MICROS.iter().position(|&bound| micros <= bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS_MICROS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Methods the router answers, each with its histogram per route; the last
+/// slot takes any other.
+const METHODS: [&str; 5] = ["GET", "POST", "DELETE", "HEAD", "OTHER"];
+
+/// The latencies of one route, by method.
+#[derive(Debug, Default)]
+pub struct RouteLatency {
+    by_method: [Histogram; METHODS.len()],
+}
+
+/// What happened to one queue's messages since the process started.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages taken or received from the queue (by GET, a command or a stream).
+    pub consumed: AtomicU64,
+    /// Deliveries acknowledged.
+    pub acked: AtomicU64,
+    /// Messages received again after a delivery that was not acknowledged.
+    pub redelivered: AtomicU64,
+    /// Messages taken for a stream and put back undelivered.
+    pub returned: AtomicU64,
+}
+
+/// A map from a label to its value, created on first use. Reads (the hot
+/// path, once the label exists) take a shared lock only.
+#[derive(Debug)]
+struct Family<T> {
+    members: RwLock<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Default for Family<T> {
+    fn default() -> Self {
+        Family {
+            members: RwLock::default(),
+        }
+    }
+}
+
+impl<T: Default> Family<T> {
+    fn get(&self, label: &str) -> Arc<T> {
+        if let Some(member) = self
+            .members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(label)
+        {
+            return member.clone();
+        }
+        self.members
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Every member, sorted by label, so that scrapes read the same order.
+    fn sorted(&self) -> Vec<(String, Arc<T>)> {
+        let mut all: Vec<_> = self
+            .members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(label, member)| (label.clone(), member.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Every metric of a server. Cheap to share.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    queues: Family<QueueCounters>,
+    /// By route: the router's pattern, so the set stays small.
+    http: Family<RouteLatency>,
+    /// By store operation.
+    store: Family<Histogram>,
+}
+
+/// What the scrape reads from the queues at that moment.
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauges {
+    /// The queue.
+    pub queue: String,
+    /// Messages waiting.
+    pub depth: u64,
+    /// Messages received and not yet acknowledged.
+    pub inflight: u64,
+    /// Messages not yet visible.
+    pub delayed: u64,
+    /// Streaming consumers connected to this server.
+    pub consumers: u64,
+}
+
+impl Metrics {
+    /// The counters of `queue`.
+    pub fn queue(&self, queue: &str) -> Arc<QueueCounters> {
+        self.queues.get(queue)
+    }
+
+    /// Counts an answered HTTP request.
+    pub fn http(&self, method: &str, route: &str, elapsed: Duration) {
+        let slot = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
+        self.http.get(route).by_method[slot].observe(elapsed);
+    }
+
+    /// Counts a store operation.
+    pub fn store(&self, operation: &str, elapsed: Duration) {
+        self.store.get(operation).observe(elapsed);
+    }
+
+    /// The Prometheus text exposition of every metric, with `gauges` read from
+    /// the queues.
+    pub fn render(&self, gauges: &[QueueGauges]) -> String {
+        let mut out = String::new();
+        let queues = self.queues.sorted();
+        let counters: [Described<fn(&QueueCounters) -> &AtomicU64>; 5] = [
+            ("restmq_published_total", "Messages published.", |c| {
+                &c.published
+            }),
+            (
+                "restmq_consumed_total",
+                "Messages taken or received (GET, commands, streams).",
+                |c| &c.consumed,
+            ),
+            ("restmq_acked_total", "Deliveries acknowledged.", |c| {
+                &c.acked
+            }),
+            (
+                "restmq_redelivered_total",
+                "Messages received again after an unacknowledged delivery.",
+                |c| &c.redelivered,
+            ),
+            (
+                "restmq_returned_total",
+                "Messages taken for a stream and put back undelivered.",
+                |c| &c.returned,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (queue, counters) in &queues {
+                let value = field(counters).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {value}", escape(queue));
+            }
+        }
+        let gauge_fields: [Described<fn(&QueueGauges) -> u64>; 4] = [
+            ("restmq_queue_depth", "Messages waiting.", |g| g.depth),
+            (
+                "restmq_queue_inflight",
+                "Messages received and not yet acknowledged.",
+                |g| g.inflight,
+            ),
+            (
+                "restmq_queue_delayed",
+                "Messages not yet visible (delayed).",
+                |g| g.delayed,
+            ),
+            (
+                "restmq_stream_consumers",
+                "Streaming consumers connected (COMET, SSE, WebSocket).",
+                |g| g.consumers,
+            ),
+        ];
+        for (name, help, field) in gauge_fields {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for gauge in gauges {
+                let _ = writeln!(
+                    out,
+                    "{name}{{queue=\"{}\"}} {}",
+                    escape(&gauge.queue),
+                    field(gauge)
+                );
+            }
+        }
+        let name = "restmq_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to answer a request (to the head of a stream).\n# TYPE {name} histogram"
+        );
+        for (route, latency) in self.http.sorted() {
+            for (method, histogram) in METHODS.iter().zip(&latency.by_method) {
+                if histogram.count.load(Ordering::Relaxed) > 0 {
+                    let labels = format!("method=\"{method}\",route=\"{}\"", escape(&route));
+                    histogram.render(&mut out, name, &labels);
+                }
+            }
+        }
+        let name = "restmq_store_operation_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time a store operation took.\n# TYPE {name} histogram"
+        );
+        for (operation, histogram) in self.store.sorted() {
+            let labels = format!("operation=\"{}\"", escape(&operation));
+            histogram.render(&mut out, name, &labels);
+        }
+        out
+    }
+}
+
+/// A metric's name and help, with how to read it.
+type Described<F> = (&'static str, &'static str, F);
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_labels_escaped() {
+        let metrics = Metrics::default();
+        metrics.store("pop", Duration::from_micros(90));
+        metrics.store("pop", Duration::from_micros(2_000));
+        metrics.store("pop", Duration::from_secs(20));
+        metrics
+            .queue("a \"b\"\n")
+            .published
+            .fetch_add(2, Ordering::Relaxed);
+        let text = metrics.render(&[]);
+        assert!(text.contains(r#"restmq_published_total{queue="a \"b\"\n"} 2"#));
+        assert!(text.contains(
+            r#"restmq_store_operation_duration_seconds_bucket{operation="pop",le="0.0001"} 1"#
+        ));
+        assert!(text.contains(
+            r#"restmq_store_operation_duration_seconds_bucket{operation="pop",le="0.0025"} 2"#
+        ));
+        assert!(text.contains(
+            r#"restmq_store_operation_duration_seconds_bucket{operation="pop",le="10"} 2"#
+        ));
+        assert!(text.contains(
+            r#"restmq_store_operation_duration_seconds_bucket{operation="pop",le="+Inf"} 3"#
+        ));
+        assert!(
+            text.contains(r#"restmq_store_operation_duration_seconds_count{operation="pop"} 3"#)
+        );
+    }
+}

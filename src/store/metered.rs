@@ -1,0 +1,226 @@
+//! A store that measures another: how long each operation takes, and what
+//! happens to each queue's messages, for `/metrics`. Counting here, where every
+//! path to the queues passes (HTTP, commands, streams), keeps the counts whole.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::time::Instant;
+
+use super::{
+    Message, NewMessage, Policy, QueueConfig, QueueInfo, Received, Status, Store, StoreEvent,
+    StoreFuture,
+};
+use crate::metrics::{Metrics, QueueCounters};
+
+/// `inner`, measured into `metrics`.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    /// Measures `inner`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+
+    /// Times `operation`; once it succeeds, `count` adds its outcome to the
+    /// counters of `queue`.
+    fn timed<'a, T: Send + 'a>(
+        &'a self,
+        operation: &'static str,
+        queue: &'a str,
+        future: StoreFuture<'a, T>,
+        count: impl FnOnce(&T, &QueueCounters) + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = future.await;
+            self.metrics.store(operation, started.elapsed());
+            if let Ok(value) = &result {
+                count(value, &self.metrics.queue(queue));
+            }
+            result
+        })
+    }
+
+    /// Times `operation`, counting nothing.
+    fn just_timed<'a, T: Send + 'a>(
+        &'a self,
+        operation: &'static str,
+        future: StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = future.await;
+            self.metrics.store(operation, started.elapsed());
+            result
+        })
+    }
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+impl Store for MeteredStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        queue: &'a str,
+        messages: Vec<NewMessage>,
+    ) -> StoreFuture<'a, Vec<u64>> {
+        let inner = self.inner.publish(queue, messages);
+        self.timed("publish", queue, inner, |ids, c| {
+            add(&c.published, ids.len())
+        })
+    }
+
+    fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
+        let inner = self.inner.pop(queue);
+        self.timed("pop", queue, inner, |popped, c| {
+            add(&c.consumed, usize::from(popped.is_some()));
+        })
+    }
+
+    fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
+        let inner = self.inner.pop_many(queue, max);
+        self.timed("pop", queue, inner, |popped, c| {
+            add(&c.consumed, popped.len())
+        })
+    }
+
+    fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
+        let returned = messages.len();
+        let inner = self.inner.restore(queue, messages);
+        self.timed("restore", queue, inner, move |(), c| {
+            add(&c.returned, returned)
+        })
+    }
+
+    fn receive<'a>(
+        &'a self,
+        queue: &'a str,
+        max: usize,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, Vec<Received>> {
+        let inner = self.inner.receive(queue, max, visibility_ms);
+        self.timed("receive", queue, inner, |received, c| {
+            add(&c.consumed, received.len());
+            add(
+                &c.redelivered,
+                received.iter().filter(|r| r.delivery > 1).count(),
+            );
+        })
+    }
+
+    fn ack<'a>(
+        &'a self,
+        queue: &'a str,
+        receipts: Vec<(u64, u32)>,
+    ) -> StoreFuture<'a, Vec<(u64, u32)>> {
+        let asked = receipts.len();
+        let inner = self.inner.ack(queue, receipts);
+        // All or none: with any receipt stale, nothing was acknowledged.
+        self.timed("ack", queue, inner, move |stale, c| {
+            if stale.is_empty() {
+                add(&c.acked, asked);
+            }
+        })
+    }
+
+    fn nack<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        delay_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.just_timed("nack", self.inner.nack(queue, id, delivery, delay_ms))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        queue: &'a str,
+        id: u64,
+        delivery: u32,
+        visibility_ms: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.just_timed(
+            "extend",
+            self.inner.extend(queue, id, delivery, visibility_ms),
+        )
+    }
+
+    fn next_due<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<u64>> {
+        self.just_timed("next_due", self.inner.next_due(queue))
+    }
+
+    fn config<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, QueueConfig> {
+        self.just_timed("config", self.inner.config(queue))
+    }
+
+    fn set_config<'a>(&'a self, queue: &'a str, config: QueueConfig) -> StoreFuture<'a, ()> {
+        self.just_timed("set_config", self.inner.set_config(queue, config))
+    }
+
+    fn redrive<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, u64> {
+        self.just_timed("redrive", self.inner.redrive(from, to))
+    }
+
+    fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
+        self.just_timed("peek", self.inner.peek(queue))
+    }
+
+    fn delete<'a>(&'a self, queue: &'a str, id: u64) -> StoreFuture<'a, bool> {
+        self.just_timed("delete", self.inner.delete(queue, id))
+    }
+
+    fn purge<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, bool> {
+        self.just_timed("purge", self.inner.purge(queue))
+    }
+
+    fn set_policy<'a>(&'a self, queue: &'a str, policy: Policy) -> StoreFuture<'a, ()> {
+        self.just_timed("set_policy", self.inner.set_policy(queue, policy))
+    }
+
+    fn set_status<'a>(&'a self, queue: &'a str, status: Status) -> StoreFuture<'a, ()> {
+        self.just_timed("set_status", self.inner.set_status(queue, status))
+    }
+
+    fn queue<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<QueueInfo>> {
+        self.just_timed("queue", self.inner.queue(queue))
+    }
+
+    fn queues(&self) -> StoreFuture<'_, Vec<(String, QueueInfo)>> {
+        self.just_timed("queues", self.inner.queues())
+    }
+
+    fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>> {
+        self.just_timed("latest", self.inner.latest(queue, count))
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        self.inner.close()
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.just_timed("ping", self.inner.ping())
+    }
+
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        self.inner.events()
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    fn share<'a>(&'a self, queue: &'a str, messages: &'a [Message]) -> StoreFuture<'a, ()> {
+        self.just_timed("share", self.inner.share(queue, messages))
+    }
+}
