@@ -171,7 +171,7 @@ impl Metrics {
     pub fn render(&self, gauges: &[QueueGauges]) -> String {
         let mut out = String::new();
         let queues = self.queues.sorted();
-        let counters: [Described<fn(&QueueCounters) -> &AtomicU64>; 5] = [
+        let counters: [Described<CounterField>; 5] = [
             ("restmq_published_total", "Messages published.", |c| {
                 &c.published
             }),
@@ -201,7 +201,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {value}", escape(queue));
             }
         }
-        let gauge_fields: [Described<fn(&QueueGauges) -> u64>; 4] = [
+        let gauge_fields: [Described<GaugeField>; 4] = [
             ("restmq_queue_depth", "Messages waiting.", |g| g.depth),
             (
                 "restmq_queue_inflight",
@@ -258,6 +258,10 @@ impl Metrics {
 
 /// A metric's name and help, with how to read it.
 type Described<F> = (&'static str, &'static str, F);
+/// Reads a counter of a queue.
+type CounterField = fn(&QueueCounters) -> &AtomicU64;
+/// Reads a gauge of a queue.
+type GaugeField = fn(&QueueGauges) -> u64;
 
 /// A label value as the text format writes it.
 fn escape(value: &str) -> String {
