@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Backend, Streaming, TestServer, ws_text};
+use common::{Backend, Streaming, TestServer, eventually, ws_text};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -458,6 +458,33 @@ async fn shutdown_ends_streams_cleanly(backend: Backend) {
     assert_eq!(ws_text(&mut socket).await, None);
 }
 
+/// A long poll in progress at shutdown is answered (empty) rather than cut
+/// off when the grace period ends.
+async fn shutdown_answers_long_polls(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
+    let client = server.client.clone();
+    let url = server.url("/q/idle?wait=20");
+    let poll = tokio::spawn(async move {
+        client
+            .get(url)
+            .send()
+            .await
+            .map(|answer| answer.status().as_u16())
+    });
+    eventually("the long poll to park", || async {
+        (server.get("/stats/idle").await.json()["waiting"] == 1).then_some(())
+    })
+    .await;
+    server.stop().await;
+    let status = poll
+        .await
+        .expect("the poll task")
+        .expect("an answer, not a cut connection");
+    assert_eq!(status, 204);
+}
+
 async fn a_raw_http_client_sees_a_chunked_comet_stream(backend: Backend) {
     let Some(server) = TestServer::on(backend).await else {
         return;
@@ -628,6 +655,7 @@ conformance!(
     messages_buffered_for_a_consumer_that_vanishes_go_back_to_the_queue,
     gets_and_streams_never_deliver_the_same_message,
     shutdown_ends_streams_cleanly,
+    shutdown_answers_long_polls,
     a_raw_http_client_sees_a_chunked_comet_stream,
     streams_opened_on_a_used_connection_are_served_too,
     refused_stream_requests_get_json_errors_on_either_path,

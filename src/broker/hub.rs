@@ -530,12 +530,19 @@ impl Hub {
             .map_or(0, |slot| slot.streams().consumers.len())
     }
 
-    /// Ends every stream for shutdown; new subscriptions are refused.
+    /// Whether the server is shutting down.
+    pub fn closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// Ends every stream for shutdown, and wakes every long poll so that it
+    /// answers now rather than be cut off; new subscriptions are refused.
     pub fn end_all(&self) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::Release);
         let slots: Vec<Arc<Slot>> = read(&inner.slots).values().cloned().collect();
         for slot in slots {
+            slot.arrivals.notify_waiters();
             let mut streams = slot.streams();
             for consumer in streams.consumers.drain(..) {
                 consumer.link.end(End::Shutdown);
