@@ -740,3 +740,37 @@ fn a_broken_file_keeps_the_last_good_rules() {
     let refused = restmq::acl::Access::load(Some(&file), None).expect_err("refused");
     assert!(refused.to_string().contains("line 3"), "{refused}");
 }
+
+/// `restmq token` prints a token and the section that admits it, holding only
+/// its digest; pasted into the file, the token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_prints_a_working_section() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_restmq"))
+        .args(["token", "ci", "--publish", "builds/*", "--consume", ""])
+        .output()
+        .expect("run restmq token");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let token = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# rmq_"))
+        .map(|rest| format!("rmq_{rest}"))
+        .expect("the token is printed");
+    assert_eq!(token.len(), 4 + 64, "32 random bytes in hex");
+    let section: String = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(!section.contains(&token), "the file holds only the digest");
+    let (server, _file, _dir) = server(&section, None).await;
+    let publish = |queue: &str| {
+        Call::new("POST", &format!("/q/{queue}"))
+            .form("value=1")
+            .header("authorization", &bearer(&token))
+    };
+    assert_eq!(publish("builds/1").send(server.addr).await.status, 200);
+    assert_eq!(publish("other").send(server.addr).await.status, 403);
+    let pop = Call::new("GET", "/q/builds/1").header("authorization", &bearer(&token));
+    assert_eq!(pop.send(server.addr).await.status, 403, "no consume right");
+}

@@ -6,13 +6,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The real binary, serving on a free port with JSON logs at debug level; its
-/// stderr lines arrive on the channel.
-fn serve_with_json_logs(dir: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
+/// The real binary, serving on a free port with `args`, logging at `level`;
+/// its stderr lines arrive on the channel.
+fn serve(dir: &std::path::Path, args: &[&str], level: &str) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_restmq"))
-        .args(["--port", "0", "--log-format", "json", "--data-dir"])
+        .args(["--port", "0", "--data-dir"])
         .arg(dir)
-        .env("RUST_LOG", "restmq=debug")
+        .args(args)
+        .env("RUST_LOG", level)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -40,7 +41,7 @@ fn next_json(lines: &mpsc::Receiver<String>) -> serde_json::Value {
 #[tokio::test]
 async fn json_logs_carry_each_requests_span() {
     let dir = tempfile::tempdir().expect("a directory");
-    let (mut child, lines) = serve_with_json_logs(dir.path());
+    let (mut child, lines) = serve(dir.path(), &["--log-format", "json"], "restmq=debug");
     let addr = loop {
         let line = next_json(&lines);
         if let Some(addr) = line["fields"]["addr"].as_str() {
@@ -70,4 +71,16 @@ async fn json_logs_carry_each_requests_span() {
     assert_eq!(answered["span"]["client"], "127.0.0.1");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Listening beyond loopback with no `--acl`, the server says that it is open.
+#[test]
+fn an_open_server_beyond_loopback_says_so() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (mut child, lines) = serve(dir.path(), &["--listen", "0.0.0.0"], "info");
+    let warned = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(10)).ok())
+        .any(|line| line.contains("no --acl"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning that every route is open");
 }
