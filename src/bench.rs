@@ -25,33 +25,23 @@ use bytes::{Buf, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{ACCEPT, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 
-/// How long one request may take before it counts as an error and its
-/// connection is replaced. Requests in flight at the deadline are allowed to
-/// finish (cutting them off would lose track of publishes the server did
-/// accept), so this also bounds how far a phase can overrun a stuck server.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::client::{
+    self, Endpoint, Event, Failure, MAX_MESSAGE, REQUEST_TIMEOUT, ResolveError, SseParser, connect,
+    exchange_body, request,
+};
 
 /// Pause after a failed connection attempt, so that a refusing server is not
 /// hammered by a tight reconnect loop that would only inflate the error count.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
-
-/// Characters escaped in the queue's path segment: all but RFC 3986's unreserved.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// Options of `restmq bench`.
 #[derive(Debug, Clone, Args)]
@@ -247,6 +237,18 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
 }
 
+impl From<ResolveError> for BenchError {
+    fn from(error: ResolveError) -> BenchError {
+        match error {
+            ResolveError::InvalidServer { url, reason } => {
+                BenchError::InvalidServer { url, reason }
+            }
+            ResolveError::Resolve { host, source } => BenchError::Resolve { host, source },
+            ResolveError::Connect { addr, source } => BenchError::Connect { addr, source },
+        }
+    }
+}
+
 /// The result of a whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -354,32 +356,6 @@ pub struct FanoutReport {
     pub max_ms: Option<f64>,
 }
 
-/// The server, resolved once so that every connection reuses the same address
-/// instead of a fresh DNS lookup.
-struct Server {
-    addr: SocketAddr,
-    /// `host[:port]`, as `--server` gave it.
-    authority: String,
-    host: HeaderValue,
-}
-
-/// A request with the headers every request of this tool carries; a POST
-/// carries a form.
-fn request(method: Method, uri: &Uri, host: &HeaderValue, body: Bytes) -> Request<Full<Bytes>> {
-    let form = method == Method::POST;
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = uri.clone();
-    request.headers_mut().insert(HOST, host.clone());
-    if form {
-        request.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-    }
-    request
-}
-
 /// Where and what to send, shared by every connection task.
 struct Target {
     addr: SocketAddr,
@@ -451,130 +427,9 @@ fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// A failed exchange, from connecting to reading the whole response.
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error("connect: {0}")]
-    Connect(#[from] io::Error),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
-    Timeout,
-}
-
-/// The host, port and `Host` header value of an `http://host[:port][/]` URL.
-fn parse_server(url: &str) -> Result<(String, u16, String), BenchError> {
-    let invalid = |reason: &str| BenchError::InvalidServer {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => {
-            return Err(invalid(&format!(
-                "only http:// is supported, not {scheme}://"
-            )));
-        }
-        None => return Err(invalid("expected http://host[:port]")),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#']) {
-        return Err(invalid(
-            "a path, query or fragment is not supported; give http://host[:port]",
-        ));
-    }
-    if authority.contains('@') {
-        return Err(invalid("user information is not supported"));
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| invalid("an IPv6 address lacks its closing ]"))?;
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return Err(invalid("unexpected text after the IPv6 address")),
-            },
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(invalid("the host is missing"));
-    }
-    let port = match port {
-        None => 80,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| invalid(&format!("{port:?} is not a port number")))?,
-    };
-    Ok((host.to_owned(), port, authority.to_owned()))
-}
-
-/// The first of `candidates` that accepts a connection, or the last failure
-/// (`None` when there is no candidate at all).
-///
-/// Probing up front means a server that is down is reported as such rather
-/// than as a table of nothing but errors, and a name such as `localhost` that
-/// resolves to both `::1` and `127.0.0.1` lands on the one the server listens on.
-async fn reachable(
-    candidates: &[SocketAddr],
-) -> Result<SocketAddr, Option<(SocketAddr, io::Error)>> {
-    let mut failure = None;
-    for &addr in candidates {
-        match TcpStream::connect(addr).await {
-            Ok(_) => return Ok(addr),
-            Err(e) => failure = Some((addr, e)),
-        }
-    }
-    Err(failure)
-}
-
-/// Resolves `--server` and checks that it accepts connections.
-async fn resolve(url: &str) -> Result<Server, BenchError> {
-    let (host, port, authority) = parse_server(url)?;
-    let host_header = HeaderValue::from_str(&authority).map_err(|_| BenchError::InvalidServer {
-        url: url.to_owned(),
-        reason: "the host is not a valid Host header".into(),
-    })?;
-    let lookup = format!("{host}:{port}");
-    let candidates: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|source| BenchError::Resolve {
-            host: lookup.clone(),
-            source,
-        })?
-        .collect();
-    let addr = reachable(&candidates).await.map_err(|e| match e {
-        Some((addr, source)) => BenchError::Connect { addr, source },
-        None => BenchError::Resolve {
-            host: lookup,
-            source: io::Error::new(io::ErrorKind::NotFound, "no address"),
-        },
-    })?;
-    Ok(Server {
-        addr,
-        authority,
-        host: host_header,
-    })
-}
-
 /// Checks a queue name, then makes it the path `/<route>/<queue>`.
 fn queue_uri(route: &str, queue: &str) -> Result<Uri, BenchError> {
-    if queue.is_empty() || queue.chars().any(char::is_control) {
-        return Err(BenchError::InvalidOption(
-            "--queue must be non-empty, without control characters".into(),
-        ));
-    }
-    let path = format!("/{route}/{}", utf8_percent_encode(queue, PATH_SEGMENT));
-    path.parse::<Uri>()
-        .map_err(|e| BenchError::InvalidOption(format!("--queue gives no valid path: {e}")))
+    client::queue_uri(route, queue).map_err(|e| BenchError::InvalidOption(format!("--queue: {e}")))
 }
 
 /// The queue of the publish and pop phases.
@@ -595,7 +450,7 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
         ));
     }
     let uri = queue_uri("q", phase_queue(args))?;
-    let server = resolve(&args.server).await?;
+    let server = client::resolve(&args.server).await?;
     let mut form = Vec::with_capacity(args.size + 6);
     form.extend_from_slice(b"value=");
     form.resize(6 + args.size, b'x');
@@ -610,38 +465,6 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
         ack_uri: Uri::from_static("/ack"),
         form: Bytes::from(form),
     })
-}
-
-/// Opens one keep-alive HTTP/1 connection.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let stream = TcpStream::connect(addr).await?;
-    // Requests are small and latency is what is measured: don't let Nagle hold them.
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    // The connection's own error also fails the request in flight, which is
-    // where it is counted, so the result here carries nothing new.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-/// Sends one request and reads the whole answer: its status and body.
-async fn exchange_body(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), Failure> {
-    let send = async {
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    };
-    match timeout(REQUEST_TIMEOUT, send).await {
-        Ok(answer) => Ok(answer?),
-        Err(_) => Err(Failure::Timeout),
-    }
 }
 
 /// Sends one request and reads the whole answer: its status and latency.
@@ -659,7 +482,7 @@ async fn exchange(
     };
     match timeout(REQUEST_TIMEOUT, send).await {
         Ok(answer) => Ok(answer?),
-        Err(_) => Err(Failure::Timeout),
+        Err(_) => Err(Failure::Timeout(REQUEST_TIMEOUT)),
     }
 }
 
@@ -670,7 +493,8 @@ async fn receive_and_ack(
     target: &Target,
 ) -> Result<(StatusCode, Duration), Failure> {
     let started = Instant::now();
-    let (status, body) = exchange_body(sender, target.request(Phase::Receive)).await?;
+    let (status, body) =
+        exchange_body(sender, target.request(Phase::Receive), REQUEST_TIMEOUT).await?;
     if status != StatusCode::OK {
         return Ok((status, started.elapsed()));
     }
@@ -683,7 +507,7 @@ async fn receive_and_ack(
     };
     let form = Bytes::from(format!("receipt={receipt}"));
     let ack = request(Method::POST, &target.ack_uri, &target.host, form);
-    let (status, _) = exchange_body(sender, ack).await?;
+    let (status, _) = exchange_body(sender, ack, REQUEST_TIMEOUT).await?;
     Ok((status, started.elapsed()))
 }
 
@@ -849,10 +673,6 @@ const SLOWEST_DELIVERIES_PER_SEC: u64 = 50_000;
 /// streams, the runtime's own, the connection asking for statistics.
 const SPARE_FILES: u64 = 64;
 
-/// The largest WebSocket message or Server-Sent Event accepted: a bound on
-/// what a broken or hostile server can make a subscriber buffer.
-const MAX_MESSAGE: usize = 16 << 20;
-
 /// Bytes read from a WebSocket at once: each subscriber keeps a buffer this
 /// large, so 10,000 of them hold 40 MiB (16 KiB made it 206 MiB of resident
 /// memory at that count).
@@ -873,7 +693,7 @@ const STAMP_LEN: usize = TAG_LEN + STAMP_DIGITS;
 
 /// What every fan-out task shares.
 struct Fanout {
-    server: Server,
+    server: Endpoint,
     /// `/sse/<queue>` or `/ws/<queue>`.
     stream_uri: Uri,
     /// `/q/<queue>`.
@@ -982,101 +802,6 @@ impl Received {
             .push(micros(Duration::from_micros(received.saturating_sub(sent))));
         self.last_at = Some(now);
         true
-    }
-}
-
-/// What a Server-Sent Events stream carries that a subscriber cares about.
-enum Event<'a> {
-    /// A message's data: its JSON.
-    Message(&'a [u8]),
-    /// The queue was deleted: the stream ends.
-    Deleted,
-}
-
-/// Splits a Server-Sent Events stream into events, whatever the chunks'
-/// boundaries: fields accumulate line by line, a blank line dispatches them.
-#[derive(Debug, Default)]
-struct SseParser {
-    /// The start of a line whose end has not arrived yet.
-    line: Vec<u8>,
-    /// The event's data lines, joined by `\n`.
-    data: Vec<u8>,
-    /// Whether the event has a data line (an empty one counts).
-    has_data: bool,
-    /// The event's type (`event:`); empty for the default, `message`.
-    event: Vec<u8>,
-}
-
-impl SseParser {
-    /// Reads `chunk`, handing every event it completes to `on`.
-    fn feed(&mut self, mut chunk: &[u8], on: &mut impl FnMut(Event<'_>)) -> Result<(), String> {
-        while let Some(at) = chunk.iter().position(|&b| b == b'\n') {
-            let (head, rest) = chunk.split_at(at);
-            chunk = &rest[1..];
-            if self.line.is_empty() {
-                self.line_done(head, on)?;
-            } else {
-                // Taken out so that the line can be read while the fields change;
-                // put back empty to keep its allocation.
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(head);
-                let done = self.line_done(&line, on);
-                line.clear();
-                self.line = line;
-                done?;
-            }
-        }
-        self.line.extend_from_slice(chunk);
-        if self.line.len() > MAX_MESSAGE {
-            return Err(format!("an event line longer than {MAX_MESSAGE} bytes"));
-        }
-        Ok(())
-    }
-
-    fn line_done(&mut self, line: &[u8], on: &mut impl FnMut(Event<'_>)) -> Result<(), String> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if self.has_data {
-                match self.event.as_slice() {
-                    b"" | b"message" => on(Event::Message(&self.data)),
-                    b"deleted" => on(Event::Deleted),
-                    // `gap` only follows a resume, which this client never asks for.
-                    _ => {}
-                }
-            }
-            self.data.clear();
-            self.has_data = false;
-            self.event.clear();
-            return Ok(());
-        }
-        // A comment: the greeting and the keep-alives.
-        if line.starts_with(b":") {
-            return Ok(());
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(at) => (&line[..at], &line[at + 1..]),
-            None => (line, &b""[..]),
-        };
-        let value = value.strip_prefix(b" ").unwrap_or(value);
-        match field {
-            b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                self.data.extend_from_slice(value);
-                self.has_data = true;
-                if self.data.len() > MAX_MESSAGE {
-                    return Err(format!("an event larger than {MAX_MESSAGE} bytes"));
-                }
-            }
-            b"event" => {
-                self.event.clear();
-                self.event.extend_from_slice(value);
-            }
-            // `id` and `retry` matter only to clients that reconnect.
-            _ => {}
-        }
-        Ok(())
     }
 }
 
@@ -1584,7 +1309,13 @@ async fn count_consumers(
     let (status, body) = match timeout(REQUEST_TIMEOUT, ask).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => return Err(format!("GET {}: {e}", ctx.stats_uri)),
-        Err(_) => return Err(format!("GET {}: {}", ctx.stats_uri, Failure::Timeout)),
+        Err(_) => {
+            return Err(format!(
+                "GET {}: {}",
+                ctx.stats_uri,
+                Failure::Timeout(REQUEST_TIMEOUT)
+            ));
+        }
     };
     if status != StatusCode::OK {
         return Err(format!("GET {} answered {status}", ctx.stats_uri));
@@ -1730,7 +1461,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
     let publish_uri = queue_uri("q", &queue)?;
     let stats_uri = queue_uri("stats", &queue)?;
     check_file_limit(args.subscribers, connections)?;
-    let server = resolve(&args.server).await?;
+    let server = client::resolve(&args.server).await?;
     let ctx = Arc::new(Fanout {
         server,
         stream_uri,
@@ -2086,76 +1817,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_server_urls() {
-        let parsed = parse_server("http://127.0.0.1:8888").ok();
-        assert_eq!(
-            parsed,
-            Some(("127.0.0.1".into(), 8888, "127.0.0.1:8888".into()))
-        );
-        let parsed = parse_server("http://localhost/").ok();
-        assert_eq!(parsed, Some(("localhost".into(), 80, "localhost".into())));
-        let parsed = parse_server("http://[::1]:9000").ok();
-        assert_eq!(parsed, Some(("::1".into(), 9000, "[::1]:9000".into())));
-    }
-
-    #[test]
-    fn rejects_other_urls() {
-        for url in [
-            "ftp://x",
-            "https://x",
-            "x:8888",
-            "http://",
-            "http://x:port",
-            "http://x:0",
-            "http://x/q/",
-            "http://u@x",
-            "http://[::1",
-        ] {
-            assert!(
-                matches!(parse_server(url), Err(BenchError::InvalidServer { .. })),
-                "{url} should be rejected"
-            );
-        }
-    }
-
-    #[test]
     fn takes_nearest_rank_percentiles() {
         let sorted: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
         assert_eq!(percentile_ms(&sorted, 0.50), Some(50.0));
         assert_eq!(percentile_ms(&sorted, 0.99), Some(99.0));
         assert_eq!(percentile_ms(&[7000], 0.99), Some(7.0));
         assert_eq!(percentile_ms(&[], 0.50), None);
-    }
-
-    /// Every message an SSE parser hands out, as text; `deleted` for the end.
-    fn events(chunks: &[&[u8]]) -> Vec<String> {
-        let mut parser = SseParser::default();
-        let mut seen = Vec::new();
-        for chunk in chunks {
-            parser
-                .feed(chunk, &mut |event| {
-                    seen.push(match event {
-                        Event::Message(data) => String::from_utf8_lossy(data).into_owned(),
-                        Event::Deleted => "deleted".to_owned(),
-                    });
-                })
-                .expect("a valid stream");
-        }
-        seen
-    }
-
-    #[test]
-    fn parses_server_sent_events_across_chunks() {
-        let stream: &[u8] = b": restmq\n\nid: q:1\ndata: {\"a\":1}\n\n: keep-alive\n\n\
-            id: q:2\ndata: {\"a\":2}\n\nevent: deleted\ndata: null\n\n";
-        let whole = events(&[stream]);
-        assert_eq!(whole, ["{\"a\":1}", "{\"a\":2}", "deleted"]);
-        // Byte by byte: every boundary falls somewhere.
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(events(&bytes), whole);
-        // CRLF line ends, several data lines, a field without a space.
-        let crlf = events(&[b"data:x\r\ndata: y\r\n\r\nevent: gap\r\ndata: {}\r\n\r\n"]);
-        assert_eq!(crlf, ["x\ny"]);
     }
 
     /// An unmasked server frame.
