@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod bench;
 pub mod broker;
+pub mod cli;
 mod client;
 pub mod config;
 pub mod error;
