@@ -38,6 +38,7 @@ use crate::client::{
     self, Endpoint, Event, Failure, MAX_MESSAGE, REQUEST_TIMEOUT, ResolveError, SseParser, connect,
     exchange_body, request,
 };
+use crate::progress::{Goal, Progress, bump};
 
 /// Pause after a failed connection attempt, so that a refusing server is not
 /// hammered by a tight reconnect loop that would only inflate the error count.
@@ -47,7 +48,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Base URL of the server (http only: `http://host[:port]`).
-    #[arg(long, default_value = "http://127.0.0.1:8888")]
+    #[arg(long, env = "RESTMQ_SERVER", default_value = "http://127.0.0.1:8888")]
     pub server: String,
     /// Concurrent keep-alive connections, each with one request in flight
     /// [default: 64; with --mode fanout, 1: the publishing connections].
@@ -513,7 +514,12 @@ async fn receive_and_ack(
 
 /// One connection's loop: requests back to back until `deadline`, reconnecting
 /// after any failure.
-async fn worker(target: Arc<Target>, phase: Phase, deadline: Instant) -> Tally {
+async fn worker(
+    target: Arc<Target>,
+    phase: Phase,
+    deadline: Instant,
+    progress: Option<Arc<AtomicU64>>,
+) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
     while Instant::now() < deadline {
@@ -537,7 +543,10 @@ async fn worker(target: Arc<Target>, phase: Phase, deadline: Instant) -> Tally {
         };
         match answer {
             Ok((status, latency)) => match status {
-                StatusCode::OK => tally.ok(latency),
+                StatusCode::OK => {
+                    tally.ok(latency);
+                    bump(progress.as_ref(), 1);
+                }
                 // Nothing publishes while consuming: once empty, the queue
                 // stays empty, and consuming on would only dilute the rate.
                 StatusCode::NO_CONTENT if phase != Phase::Publish => {
@@ -592,24 +601,30 @@ fn phase_report(phase: Phase, mut total: Tally, elapsed: Duration) -> PhaseRepor
     }
 }
 
-/// Runs one phase on `connections` connections for `duration`.
+/// Runs one phase on `connections` connections for `duration`, with a bar of
+/// its progress when `progress` shows them.
 async fn run_phase(
     target: &Arc<Target>,
     phase: Phase,
     connections: u32,
     duration: Duration,
+    progress: Progress,
 ) -> Result<PhaseReport, BenchError> {
+    let counter = progress.counter();
+    let bar = progress.start(&phase.to_string(), Goal::Time(duration), counter.clone());
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..connections {
-        tasks.spawn(worker(Arc::clone(target), phase, deadline));
+        tasks.spawn(worker(Arc::clone(target), phase, deadline, counter.clone()));
     }
     let mut total = Tally::default();
     while let Some(tally) = tasks.join_next().await {
         total.merge(tally?);
     }
-    Ok(phase_report(phase, total, started.elapsed()))
+    let elapsed = started.elapsed();
+    bar.finish().await;
+    Ok(phase_report(phase, total, elapsed))
 }
 
 /// Runs the publish and pop phases `args` ask for against a running server and
@@ -619,6 +634,11 @@ async fn run_phase(
 /// Fails before any load is sent if the options are wrong or the server cannot
 /// be reached; once running, failed requests are counted, not returned.
 pub async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
+    measure_with(args, Progress::hidden()).await
+}
+
+/// [`measure`], drawing the progress of each phase when `progress` says so.
+async fn measure_with(args: &BenchArgs, progress: Progress) -> Result<Report, BenchError> {
     if args.mode == Mode::Fanout {
         return Err(BenchError::InvalidOption(
             "--mode fanout is measured by bench::measure_fanout".into(),
@@ -629,7 +649,7 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
     let connections = args.connection_count();
     let mut phases = Vec::new();
     for &phase in args.mode.phases() {
-        phases.push(run_phase(&target, phase, connections, duration).await?);
+        phases.push(run_phase(&target, phase, connections, duration, progress).await?);
     }
     Ok(Report {
         server: args.server.clone(),
@@ -711,6 +731,10 @@ struct Fanout {
     base: Instant,
     /// Bounds the subscriber connections being opened at once.
     gate: Semaphore,
+    /// Messages accepted, counted for the progress bar (when it is shown).
+    published: Option<Arc<AtomicU64>>,
+    /// Messages received by every subscriber, for the progress bar.
+    delivered: Option<Arc<AtomicU64>>,
 }
 
 impl Fanout {
@@ -1230,6 +1254,7 @@ async fn subscriber(
         if outcome.received.count >= target {
             break Ending::Complete;
         }
+        let before = outcome.received.count;
         let step = tokio::select! {
             // Control first: past the deadline, stop even if messages keep coming.
             biased;
@@ -1246,7 +1271,10 @@ async fn subscriber(
                 }
                 target = now.target;
             }
-            Step::Read(Ok(Flow::More)) => {}
+            Step::Read(Ok(Flow::More)) => {
+                // Counted per read, not per message: one atomic add per chunk.
+                bump(ctx.delivered.as_ref(), outcome.received.count - before);
+            }
             Step::Read(Ok(Flow::Ended(why))) => break Ending::Ended(why),
             Step::Read(Err(e)) => break Ending::Failed(e),
         }
@@ -1282,7 +1310,10 @@ async fn publisher(ctx: Arc<Fanout>, next: Arc<AtomicU64>, deadline: Instant) ->
         let form = ctx.form(ctx.base.elapsed());
         let publish = request(Method::POST, &ctx.publish_uri, &ctx.server.host, form);
         match exchange(sender, publish).await {
-            Ok((StatusCode::OK, latency)) => tally.ok(latency),
+            Ok((StatusCode::OK, latency)) => {
+                tally.ok(latency);
+                bump(ctx.published.as_ref(), 1);
+            }
             Ok((status, _)) => tally.other(status),
             Err(e) => {
                 tally.error(e);
@@ -1439,6 +1470,14 @@ fn delivery_time(messages: u64, subscribers: u32) -> Duration {
 /// reached, there are too few file descriptors, no subscriber can connect, or
 /// the server does not count them; once running, failures are counted.
 pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError> {
+    measure_fanout_with(args, Progress::hidden()).await
+}
+
+/// [`measure_fanout`], drawing the progress of each step when `progress` says so.
+async fn measure_fanout_with(
+    args: &BenchArgs,
+    progress: Progress,
+) -> Result<FanoutReport, BenchError> {
     if args.size < STAMP_LEN {
         return Err(BenchError::InvalidOption(format!(
             "--size must be at least {STAMP_LEN} with --mode fanout: each value carries \
@@ -1473,6 +1512,8 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
         messages: args.messages,
         base: Instant::now(),
         gate: Semaphore::new(OPEN_CONCURRENCY),
+        published: progress.counter(),
+        delivered: progress.counter(),
     });
 
     let opening = Instant::now();
@@ -1491,10 +1532,17 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
         ));
     }
     drop(ready_tx);
+    let opened = progress.counter();
+    let bar = progress.start(
+        "connect",
+        Goal::Count(u64::from(args.subscribers)),
+        opened.clone(),
+    );
     // Each task reports once, then drops its sender: this ends when all have.
     let mut connected = 0u32;
     let mut first_failure = None;
     while let Some(report) = ready.recv().await {
+        bump(opened.as_ref(), 1);
         match report {
             Ok(()) => connected += 1,
             Err(e) => {
@@ -1502,6 +1550,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
             }
         }
     }
+    bar.finish().await;
     if connected == 0 {
         return Err(BenchError::NoSubscriber(first_failure.unwrap_or_default()));
     }
@@ -1516,14 +1565,21 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
     for _ in 0..connections {
         publishers.spawn(publisher(Arc::clone(&ctx), Arc::clone(&next), deadline));
     }
+    let bar = progress.start("publish", Goal::Count(args.messages), ctx.published.clone());
     let mut published = Tally::default();
     while let Some(tally) = publishers.join_next().await {
         published.merge(tally?);
     }
     let publish_elapsed = published_at.elapsed();
+    bar.finish().await;
     let accepted = published.ok;
     // Subscribers wait for what was accepted, not for what was asked.
     control.send_modify(|control| control.target = accepted);
+    let bar = progress.start(
+        "deliver",
+        Goal::Count(u64::from(connected) * accepted),
+        ctx.delivered.clone(),
+    );
 
     let mut outcomes = Vec::with_capacity(subscribers.len());
     loop {
@@ -1539,6 +1595,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
             }
         }
     }
+    bar.finish().await;
     outcomes.sort_unstable_by_key(|outcome| outcome.index);
 
     let mut report = FanoutReport {
@@ -1804,12 +1861,13 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
         return print(
             args.json,
             &header,
-            measure_fanout(&args),
+            measure_fanout_with(&args, Progress::on_terminal()),
             write_fanout_table,
         )
         .await;
     }
-    print(args.json, &header_line(args), measure(args), write_table).await
+    let measured = measure_with(args, Progress::on_terminal());
+    print(args.json, &header_line(args), measured, write_table).await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+mod progress;
 pub mod server;
 pub mod store;
 
