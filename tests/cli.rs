@@ -73,12 +73,18 @@ async fn finish(child: Child) -> Run {
             .expect("restmq ran")
             .into(),
         Err(_) => {
-            let pid = i32::try_from(pid).expect("a pid");
-            // SAFETY: kill(2) on our own child's pid has no memory effects.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill(pid);
             panic!("restmq did not exit within {DEADLINE:?}");
         }
     }
+}
+
+/// Kills a child that overran its deadline, so that a failing test does not
+/// leave it behind.
+fn kill(pid: u32) {
+    let pid = i32::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Runs `restmq <args>` against `server` to its end.
@@ -142,6 +148,24 @@ async fn push_publishes_each_line_of_stdin() {
     assert_eq!(
         run_with_stdin(&server, &["push", "lines"], "").await.ok(),
         ""
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn push_splits_a_long_stdin_into_batches() {
+    let server = TestServer::start().await;
+    // More lines than one request carries (1000): several batches, one key each.
+    let input: String = (1..=2500).map(|n| format!("message {n}\n")).collect();
+    let stdout = run_with_stdin(&server, &["push", "many"], &input)
+        .await
+        .ok();
+    let keys: Vec<String> = (1..=2500).map(|n| format!("many:{n}")).collect();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), keys);
+    assert_eq!(server.get("/stats/many").await.json()["len"], 2500);
+    assert_eq!(
+        server.pop("many").await,
+        Some(("many:1".into(), "message 1".into()))
     );
     server.stop().await;
 }
@@ -262,9 +286,7 @@ async fn tail_json_ends_when_the_queue_is_purged() {
         reader.read_line(&mut line).map(|_| (line, reader))
     });
     let Ok(read) = tokio::time::timeout(DEADLINE, reading).await else {
-        let pid = i32::try_from(pid).expect("a pid");
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill(pid);
         panic!("tail printed nothing within {DEADLINE:?}");
     };
     let (line, mut rest) = read.expect("the reading task").expect("read stdout");
@@ -468,6 +490,43 @@ async fn credentials_open_a_locked_server() {
     .await
     .fails(1);
     assert!(stderr.starts_with("restmq: 403 Forbidden: "), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn user_sends_basic_credentials() {
+    let data = tempfile::tempdir().expect("a directory");
+    let acl = data.path().join("acl.conf");
+    let rules = "[rest:producer]\nusername = writer\npassword = s3cret\n\n\
+                 [rest:consumer]\nusername = writer\npassword = s3cret\n";
+    std::fs::write(&acl, rules).expect("write the rules");
+    let mut config = Config::new(data.path().join("data"));
+    config.acl = Some(acl);
+    let server = TestServer::start_with(config, Some(data)).await;
+
+    let stderr = run(&server, &["push", "jobs", "x"]).await.fails(1);
+    assert!(stderr.starts_with("restmq: 401 Unauthorized: "), "{stderr}");
+    assert!(stderr.contains("--user"), "{stderr}");
+    let stderr = run(&server, &["push", "jobs", "x", "--user", "writer:wrong"])
+        .await
+        .fails(1);
+    assert!(stderr.starts_with("restmq: 401"), "{stderr}");
+    assert_eq!(
+        run(&server, &["push", "jobs", "x", "--user", "writer:s3cret"])
+            .await
+            .ok(),
+        "jobs:1\n"
+    );
+    let mut child = restmq(&url(&server), &["pop", "jobs"]);
+    child.env("RESTMQ_USER", "writer:s3cret");
+    assert_eq!(
+        finish(child.spawn().expect("restmq starts")).await.ok(),
+        "x\n"
+    );
+    let stderr = run(&server, &["pop", "jobs", "--user", "no-colon"])
+        .await
+        .fails(2);
+    assert!(stderr.contains("USER:PASSWORD"), "{stderr}");
     server.stop().await;
 }
 
