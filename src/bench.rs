@@ -25,39 +25,30 @@ use bytes::{Buf, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{ACCEPT, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 
-/// How long one request may take before it counts as an error and its
-/// connection is replaced. Requests in flight at the deadline are allowed to
-/// finish (cutting them off would lose track of publishes the server did
-/// accept), so this also bounds how far a phase can overrun a stuck server.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::client::{
+    self, Endpoint, Event, Failure, MAX_MESSAGE, REQUEST_TIMEOUT, ResolveError, SseParser, connect,
+    exchange_body, request,
+};
+use crate::progress::{Goal, Progress, bump};
 
 /// Pause after a failed connection attempt, so that a refusing server is not
 /// hammered by a tight reconnect loop that would only inflate the error count.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
-/// Characters escaped in the queue's path segment: all but RFC 3986's unreserved.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// Options of `restmq bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Base URL of the server (http only: `http://host[:port]`).
-    #[arg(long, default_value = "http://127.0.0.1:8888")]
+    #[arg(long, env = "RESTMQ_SERVER", default_value = "http://127.0.0.1:8888")]
     pub server: String,
     /// Concurrent keep-alive connections, each with one request in flight
     /// [default: 64; with --mode fanout, 1: the publishing connections].
@@ -247,6 +238,18 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
 }
 
+impl From<ResolveError> for BenchError {
+    fn from(error: ResolveError) -> BenchError {
+        match error {
+            ResolveError::InvalidServer { url, reason } => {
+                BenchError::InvalidServer { url, reason }
+            }
+            ResolveError::Resolve { host, source } => BenchError::Resolve { host, source },
+            ResolveError::Connect { addr, source } => BenchError::Connect { addr, source },
+        }
+    }
+}
+
 /// The result of a whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -354,32 +357,6 @@ pub struct FanoutReport {
     pub max_ms: Option<f64>,
 }
 
-/// The server, resolved once so that every connection reuses the same address
-/// instead of a fresh DNS lookup.
-struct Server {
-    addr: SocketAddr,
-    /// `host[:port]`, as `--server` gave it.
-    authority: String,
-    host: HeaderValue,
-}
-
-/// A request with the headers every request of this tool carries; a POST
-/// carries a form.
-fn request(method: Method, uri: &Uri, host: &HeaderValue, body: Bytes) -> Request<Full<Bytes>> {
-    let form = method == Method::POST;
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = uri.clone();
-    request.headers_mut().insert(HOST, host.clone());
-    if form {
-        request.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-    }
-    request
-}
-
 /// Where and what to send, shared by every connection task.
 struct Target {
     addr: SocketAddr,
@@ -451,130 +428,9 @@ fn micros(duration: Duration) -> u32 {
     u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// A failed exchange, from connecting to reading the whole response.
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error("connect: {0}")]
-    Connect(#[from] io::Error),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
-    Timeout,
-}
-
-/// The host, port and `Host` header value of an `http://host[:port][/]` URL.
-fn parse_server(url: &str) -> Result<(String, u16, String), BenchError> {
-    let invalid = |reason: &str| BenchError::InvalidServer {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => {
-            return Err(invalid(&format!(
-                "only http:// is supported, not {scheme}://"
-            )));
-        }
-        None => return Err(invalid("expected http://host[:port]")),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#']) {
-        return Err(invalid(
-            "a path, query or fragment is not supported; give http://host[:port]",
-        ));
-    }
-    if authority.contains('@') {
-        return Err(invalid("user information is not supported"));
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| invalid("an IPv6 address lacks its closing ]"))?;
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return Err(invalid("unexpected text after the IPv6 address")),
-            },
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(invalid("the host is missing"));
-    }
-    let port = match port {
-        None => 80,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| invalid(&format!("{port:?} is not a port number")))?,
-    };
-    Ok((host.to_owned(), port, authority.to_owned()))
-}
-
-/// The first of `candidates` that accepts a connection, or the last failure
-/// (`None` when there is no candidate at all).
-///
-/// Probing up front means a server that is down is reported as such rather
-/// than as a table of nothing but errors, and a name such as `localhost` that
-/// resolves to both `::1` and `127.0.0.1` lands on the one the server listens on.
-async fn reachable(
-    candidates: &[SocketAddr],
-) -> Result<SocketAddr, Option<(SocketAddr, io::Error)>> {
-    let mut failure = None;
-    for &addr in candidates {
-        match TcpStream::connect(addr).await {
-            Ok(_) => return Ok(addr),
-            Err(e) => failure = Some((addr, e)),
-        }
-    }
-    Err(failure)
-}
-
-/// Resolves `--server` and checks that it accepts connections.
-async fn resolve(url: &str) -> Result<Server, BenchError> {
-    let (host, port, authority) = parse_server(url)?;
-    let host_header = HeaderValue::from_str(&authority).map_err(|_| BenchError::InvalidServer {
-        url: url.to_owned(),
-        reason: "the host is not a valid Host header".into(),
-    })?;
-    let lookup = format!("{host}:{port}");
-    let candidates: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|source| BenchError::Resolve {
-            host: lookup.clone(),
-            source,
-        })?
-        .collect();
-    let addr = reachable(&candidates).await.map_err(|e| match e {
-        Some((addr, source)) => BenchError::Connect { addr, source },
-        None => BenchError::Resolve {
-            host: lookup,
-            source: io::Error::new(io::ErrorKind::NotFound, "no address"),
-        },
-    })?;
-    Ok(Server {
-        addr,
-        authority,
-        host: host_header,
-    })
-}
-
 /// Checks a queue name, then makes it the path `/<route>/<queue>`.
 fn queue_uri(route: &str, queue: &str) -> Result<Uri, BenchError> {
-    if queue.is_empty() || queue.chars().any(char::is_control) {
-        return Err(BenchError::InvalidOption(
-            "--queue must be non-empty, without control characters".into(),
-        ));
-    }
-    let path = format!("/{route}/{}", utf8_percent_encode(queue, PATH_SEGMENT));
-    path.parse::<Uri>()
-        .map_err(|e| BenchError::InvalidOption(format!("--queue gives no valid path: {e}")))
+    client::queue_uri(route, queue).map_err(|e| BenchError::InvalidOption(format!("--queue: {e}")))
 }
 
 /// The queue of the publish and pop phases.
@@ -595,7 +451,7 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
         ));
     }
     let uri = queue_uri("q", phase_queue(args))?;
-    let server = resolve(&args.server).await?;
+    let server = client::resolve(&args.server).await?;
     let mut form = Vec::with_capacity(args.size + 6);
     form.extend_from_slice(b"value=");
     form.resize(6 + args.size, b'x');
@@ -610,38 +466,6 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
         ack_uri: Uri::from_static("/ack"),
         form: Bytes::from(form),
     })
-}
-
-/// Opens one keep-alive HTTP/1 connection.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let stream = TcpStream::connect(addr).await?;
-    // Requests are small and latency is what is measured: don't let Nagle hold them.
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    // The connection's own error also fails the request in flight, which is
-    // where it is counted, so the result here carries nothing new.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-/// Sends one request and reads the whole answer: its status and body.
-async fn exchange_body(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), Failure> {
-    let send = async {
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    };
-    match timeout(REQUEST_TIMEOUT, send).await {
-        Ok(answer) => Ok(answer?),
-        Err(_) => Err(Failure::Timeout),
-    }
 }
 
 /// Sends one request and reads the whole answer: its status and latency.
@@ -659,7 +483,7 @@ async fn exchange(
     };
     match timeout(REQUEST_TIMEOUT, send).await {
         Ok(answer) => Ok(answer?),
-        Err(_) => Err(Failure::Timeout),
+        Err(_) => Err(Failure::Timeout(REQUEST_TIMEOUT)),
     }
 }
 
@@ -670,7 +494,8 @@ async fn receive_and_ack(
     target: &Target,
 ) -> Result<(StatusCode, Duration), Failure> {
     let started = Instant::now();
-    let (status, body) = exchange_body(sender, target.request(Phase::Receive)).await?;
+    let (status, body) =
+        exchange_body(sender, target.request(Phase::Receive), REQUEST_TIMEOUT).await?;
     if status != StatusCode::OK {
         return Ok((status, started.elapsed()));
     }
@@ -683,13 +508,18 @@ async fn receive_and_ack(
     };
     let form = Bytes::from(format!("receipt={receipt}"));
     let ack = request(Method::POST, &target.ack_uri, &target.host, form);
-    let (status, _) = exchange_body(sender, ack).await?;
+    let (status, _) = exchange_body(sender, ack, REQUEST_TIMEOUT).await?;
     Ok((status, started.elapsed()))
 }
 
 /// One connection's loop: requests back to back until `deadline`, reconnecting
 /// after any failure.
-async fn worker(target: Arc<Target>, phase: Phase, deadline: Instant) -> Tally {
+async fn worker(
+    target: Arc<Target>,
+    phase: Phase,
+    deadline: Instant,
+    progress: Option<Arc<AtomicU64>>,
+) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<SendRequest<Full<Bytes>>> = None;
     while Instant::now() < deadline {
@@ -713,7 +543,10 @@ async fn worker(target: Arc<Target>, phase: Phase, deadline: Instant) -> Tally {
         };
         match answer {
             Ok((status, latency)) => match status {
-                StatusCode::OK => tally.ok(latency),
+                StatusCode::OK => {
+                    tally.ok(latency);
+                    bump(progress.as_ref(), 1);
+                }
                 // Nothing publishes while consuming: once empty, the queue
                 // stays empty, and consuming on would only dilute the rate.
                 StatusCode::NO_CONTENT if phase != Phase::Publish => {
@@ -768,24 +601,30 @@ fn phase_report(phase: Phase, mut total: Tally, elapsed: Duration) -> PhaseRepor
     }
 }
 
-/// Runs one phase on `connections` connections for `duration`.
+/// Runs one phase on `connections` connections for `duration`, with a bar of
+/// its progress when `progress` shows them.
 async fn run_phase(
     target: &Arc<Target>,
     phase: Phase,
     connections: u32,
     duration: Duration,
+    progress: Progress,
 ) -> Result<PhaseReport, BenchError> {
+    let counter = progress.counter();
+    let bar = progress.start(&phase.to_string(), Goal::Time(duration), counter.clone());
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..connections {
-        tasks.spawn(worker(Arc::clone(target), phase, deadline));
+        tasks.spawn(worker(Arc::clone(target), phase, deadline, counter.clone()));
     }
     let mut total = Tally::default();
     while let Some(tally) = tasks.join_next().await {
         total.merge(tally?);
     }
-    Ok(phase_report(phase, total, started.elapsed()))
+    let elapsed = started.elapsed();
+    bar.finish().await;
+    Ok(phase_report(phase, total, elapsed))
 }
 
 /// Runs the publish and pop phases `args` ask for against a running server and
@@ -795,6 +634,11 @@ async fn run_phase(
 /// Fails before any load is sent if the options are wrong or the server cannot
 /// be reached; once running, failed requests are counted, not returned.
 pub async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
+    measure_with(args, Progress::hidden()).await
+}
+
+/// [`measure`], drawing the progress of each phase when `progress` says so.
+async fn measure_with(args: &BenchArgs, progress: Progress) -> Result<Report, BenchError> {
     if args.mode == Mode::Fanout {
         return Err(BenchError::InvalidOption(
             "--mode fanout is measured by bench::measure_fanout".into(),
@@ -805,7 +649,7 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
     let connections = args.connection_count();
     let mut phases = Vec::new();
     for &phase in args.mode.phases() {
-        phases.push(run_phase(&target, phase, connections, duration).await?);
+        phases.push(run_phase(&target, phase, connections, duration, progress).await?);
     }
     Ok(Report {
         server: args.server.clone(),
@@ -849,10 +693,6 @@ const SLOWEST_DELIVERIES_PER_SEC: u64 = 50_000;
 /// streams, the runtime's own, the connection asking for statistics.
 const SPARE_FILES: u64 = 64;
 
-/// The largest WebSocket message or Server-Sent Event accepted: a bound on
-/// what a broken or hostile server can make a subscriber buffer.
-const MAX_MESSAGE: usize = 16 << 20;
-
 /// Bytes read from a WebSocket at once: each subscriber keeps a buffer this
 /// large, so 10,000 of them hold 40 MiB (16 KiB made it 206 MiB of resident
 /// memory at that count).
@@ -873,7 +713,7 @@ const STAMP_LEN: usize = TAG_LEN + STAMP_DIGITS;
 
 /// What every fan-out task shares.
 struct Fanout {
-    server: Server,
+    server: Endpoint,
     /// `/sse/<queue>` or `/ws/<queue>`.
     stream_uri: Uri,
     /// `/q/<queue>`.
@@ -891,6 +731,10 @@ struct Fanout {
     base: Instant,
     /// Bounds the subscriber connections being opened at once.
     gate: Semaphore,
+    /// Messages accepted, counted for the progress bar (when it is shown).
+    published: Option<Arc<AtomicU64>>,
+    /// Messages received by every subscriber, for the progress bar.
+    delivered: Option<Arc<AtomicU64>>,
 }
 
 impl Fanout {
@@ -982,101 +826,6 @@ impl Received {
             .push(micros(Duration::from_micros(received.saturating_sub(sent))));
         self.last_at = Some(now);
         true
-    }
-}
-
-/// What a Server-Sent Events stream carries that a subscriber cares about.
-enum Event<'a> {
-    /// A message's data: its JSON.
-    Message(&'a [u8]),
-    /// The queue was deleted: the stream ends.
-    Deleted,
-}
-
-/// Splits a Server-Sent Events stream into events, whatever the chunks'
-/// boundaries: fields accumulate line by line, a blank line dispatches them.
-#[derive(Debug, Default)]
-struct SseParser {
-    /// The start of a line whose end has not arrived yet.
-    line: Vec<u8>,
-    /// The event's data lines, joined by `\n`.
-    data: Vec<u8>,
-    /// Whether the event has a data line (an empty one counts).
-    has_data: bool,
-    /// The event's type (`event:`); empty for the default, `message`.
-    event: Vec<u8>,
-}
-
-impl SseParser {
-    /// Reads `chunk`, handing every event it completes to `on`.
-    fn feed(&mut self, mut chunk: &[u8], on: &mut impl FnMut(Event<'_>)) -> Result<(), String> {
-        while let Some(at) = chunk.iter().position(|&b| b == b'\n') {
-            let (head, rest) = chunk.split_at(at);
-            chunk = &rest[1..];
-            if self.line.is_empty() {
-                self.line_done(head, on)?;
-            } else {
-                // Taken out so that the line can be read while the fields change;
-                // put back empty to keep its allocation.
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(head);
-                let done = self.line_done(&line, on);
-                line.clear();
-                self.line = line;
-                done?;
-            }
-        }
-        self.line.extend_from_slice(chunk);
-        if self.line.len() > MAX_MESSAGE {
-            return Err(format!("an event line longer than {MAX_MESSAGE} bytes"));
-        }
-        Ok(())
-    }
-
-    fn line_done(&mut self, line: &[u8], on: &mut impl FnMut(Event<'_>)) -> Result<(), String> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            if self.has_data {
-                match self.event.as_slice() {
-                    b"" | b"message" => on(Event::Message(&self.data)),
-                    b"deleted" => on(Event::Deleted),
-                    // `gap` only follows a resume, which this client never asks for.
-                    _ => {}
-                }
-            }
-            self.data.clear();
-            self.has_data = false;
-            self.event.clear();
-            return Ok(());
-        }
-        // A comment: the greeting and the keep-alives.
-        if line.starts_with(b":") {
-            return Ok(());
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(at) => (&line[..at], &line[at + 1..]),
-            None => (line, &b""[..]),
-        };
-        let value = value.strip_prefix(b" ").unwrap_or(value);
-        match field {
-            b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                self.data.extend_from_slice(value);
-                self.has_data = true;
-                if self.data.len() > MAX_MESSAGE {
-                    return Err(format!("an event larger than {MAX_MESSAGE} bytes"));
-                }
-            }
-            b"event" => {
-                self.event.clear();
-                self.event.extend_from_slice(value);
-            }
-            // `id` and `retry` matter only to clients that reconnect.
-            _ => {}
-        }
-        Ok(())
     }
 }
 
@@ -1505,6 +1254,7 @@ async fn subscriber(
         if outcome.received.count >= target {
             break Ending::Complete;
         }
+        let before = outcome.received.count;
         let step = tokio::select! {
             // Control first: past the deadline, stop even if messages keep coming.
             biased;
@@ -1521,7 +1271,10 @@ async fn subscriber(
                 }
                 target = now.target;
             }
-            Step::Read(Ok(Flow::More)) => {}
+            Step::Read(Ok(Flow::More)) => {
+                // Counted per read, not per message: one atomic add per chunk.
+                bump(ctx.delivered.as_ref(), outcome.received.count - before);
+            }
             Step::Read(Ok(Flow::Ended(why))) => break Ending::Ended(why),
             Step::Read(Err(e)) => break Ending::Failed(e),
         }
@@ -1557,7 +1310,10 @@ async fn publisher(ctx: Arc<Fanout>, next: Arc<AtomicU64>, deadline: Instant) ->
         let form = ctx.form(ctx.base.elapsed());
         let publish = request(Method::POST, &ctx.publish_uri, &ctx.server.host, form);
         match exchange(sender, publish).await {
-            Ok((StatusCode::OK, latency)) => tally.ok(latency),
+            Ok((StatusCode::OK, latency)) => {
+                tally.ok(latency);
+                bump(ctx.published.as_ref(), 1);
+            }
             Ok((status, _)) => tally.other(status),
             Err(e) => {
                 tally.error(e);
@@ -1584,7 +1340,13 @@ async fn count_consumers(
     let (status, body) = match timeout(REQUEST_TIMEOUT, ask).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => return Err(format!("GET {}: {e}", ctx.stats_uri)),
-        Err(_) => return Err(format!("GET {}: {}", ctx.stats_uri, Failure::Timeout)),
+        Err(_) => {
+            return Err(format!(
+                "GET {}: {}",
+                ctx.stats_uri,
+                Failure::Timeout(REQUEST_TIMEOUT)
+            ));
+        }
     };
     if status != StatusCode::OK {
         return Err(format!("GET {} answered {status}", ctx.stats_uri));
@@ -1708,6 +1470,14 @@ fn delivery_time(messages: u64, subscribers: u32) -> Duration {
 /// reached, there are too few file descriptors, no subscriber can connect, or
 /// the server does not count them; once running, failures are counted.
 pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError> {
+    measure_fanout_with(args, Progress::hidden()).await
+}
+
+/// [`measure_fanout`], drawing the progress of each step when `progress` says so.
+async fn measure_fanout_with(
+    args: &BenchArgs,
+    progress: Progress,
+) -> Result<FanoutReport, BenchError> {
     if args.size < STAMP_LEN {
         return Err(BenchError::InvalidOption(format!(
             "--size must be at least {STAMP_LEN} with --mode fanout: each value carries \
@@ -1730,7 +1500,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
     let publish_uri = queue_uri("q", &queue)?;
     let stats_uri = queue_uri("stats", &queue)?;
     check_file_limit(args.subscribers, connections)?;
-    let server = resolve(&args.server).await?;
+    let server = client::resolve(&args.server).await?;
     let ctx = Arc::new(Fanout {
         server,
         stream_uri,
@@ -1742,6 +1512,8 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
         messages: args.messages,
         base: Instant::now(),
         gate: Semaphore::new(OPEN_CONCURRENCY),
+        published: progress.counter(),
+        delivered: progress.counter(),
     });
 
     let opening = Instant::now();
@@ -1760,10 +1532,17 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
         ));
     }
     drop(ready_tx);
+    let opened = progress.counter();
+    let bar = progress.start(
+        "connect",
+        Goal::Count(u64::from(args.subscribers)),
+        opened.clone(),
+    );
     // Each task reports once, then drops its sender: this ends when all have.
     let mut connected = 0u32;
     let mut first_failure = None;
     while let Some(report) = ready.recv().await {
+        bump(opened.as_ref(), 1);
         match report {
             Ok(()) => connected += 1,
             Err(e) => {
@@ -1771,6 +1550,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
             }
         }
     }
+    bar.finish().await;
     if connected == 0 {
         return Err(BenchError::NoSubscriber(first_failure.unwrap_or_default()));
     }
@@ -1785,14 +1565,21 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
     for _ in 0..connections {
         publishers.spawn(publisher(Arc::clone(&ctx), Arc::clone(&next), deadline));
     }
+    let bar = progress.start("publish", Goal::Count(args.messages), ctx.published.clone());
     let mut published = Tally::default();
     while let Some(tally) = publishers.join_next().await {
         published.merge(tally?);
     }
     let publish_elapsed = published_at.elapsed();
+    bar.finish().await;
     let accepted = published.ok;
     // Subscribers wait for what was accepted, not for what was asked.
     control.send_modify(|control| control.target = accepted);
+    let bar = progress.start(
+        "deliver",
+        Goal::Count(u64::from(connected) * accepted),
+        ctx.delivered.clone(),
+    );
 
     let mut outcomes = Vec::with_capacity(subscribers.len());
     loop {
@@ -1808,6 +1595,7 @@ pub async fn measure_fanout(args: &BenchArgs) -> Result<FanoutReport, BenchError
             }
         }
     }
+    bar.finish().await;
     outcomes.sort_unstable_by_key(|outcome| outcome.index);
 
     let mut report = FanoutReport {
@@ -2073,50 +1861,18 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
         return print(
             args.json,
             &header,
-            measure_fanout(&args),
+            measure_fanout_with(&args, Progress::on_terminal()),
             write_fanout_table,
         )
         .await;
     }
-    print(args.json, &header_line(args), measure(args), write_table).await
+    let measured = measure_with(args, Progress::on_terminal());
+    print(args.json, &header_line(args), measured, write_table).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_server_urls() {
-        let parsed = parse_server("http://127.0.0.1:8888").ok();
-        assert_eq!(
-            parsed,
-            Some(("127.0.0.1".into(), 8888, "127.0.0.1:8888".into()))
-        );
-        let parsed = parse_server("http://localhost/").ok();
-        assert_eq!(parsed, Some(("localhost".into(), 80, "localhost".into())));
-        let parsed = parse_server("http://[::1]:9000").ok();
-        assert_eq!(parsed, Some(("::1".into(), 9000, "[::1]:9000".into())));
-    }
-
-    #[test]
-    fn rejects_other_urls() {
-        for url in [
-            "ftp://x",
-            "https://x",
-            "x:8888",
-            "http://",
-            "http://x:port",
-            "http://x:0",
-            "http://x/q/",
-            "http://u@x",
-            "http://[::1",
-        ] {
-            assert!(
-                matches!(parse_server(url), Err(BenchError::InvalidServer { .. })),
-                "{url} should be rejected"
-            );
-        }
-    }
 
     #[test]
     fn takes_nearest_rank_percentiles() {
@@ -2125,37 +1881,6 @@ mod tests {
         assert_eq!(percentile_ms(&sorted, 0.99), Some(99.0));
         assert_eq!(percentile_ms(&[7000], 0.99), Some(7.0));
         assert_eq!(percentile_ms(&[], 0.50), None);
-    }
-
-    /// Every message an SSE parser hands out, as text; `deleted` for the end.
-    fn events(chunks: &[&[u8]]) -> Vec<String> {
-        let mut parser = SseParser::default();
-        let mut seen = Vec::new();
-        for chunk in chunks {
-            parser
-                .feed(chunk, &mut |event| {
-                    seen.push(match event {
-                        Event::Message(data) => String::from_utf8_lossy(data).into_owned(),
-                        Event::Deleted => "deleted".to_owned(),
-                    });
-                })
-                .expect("a valid stream");
-        }
-        seen
-    }
-
-    #[test]
-    fn parses_server_sent_events_across_chunks() {
-        let stream: &[u8] = b": restmq\n\nid: q:1\ndata: {\"a\":1}\n\n: keep-alive\n\n\
-            id: q:2\ndata: {\"a\":2}\n\nevent: deleted\ndata: null\n\n";
-        let whole = events(&[stream]);
-        assert_eq!(whole, ["{\"a\":1}", "{\"a\":2}", "deleted"]);
-        // Byte by byte: every boundary falls somewhere.
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(events(&bytes), whole);
-        // CRLF line ends, several data lines, a field without a space.
-        let crlf = events(&[b"data:x\r\ndata: y\r\n\r\nevent: gap\r\ndata: {}\r\n\r\n"]);
-        assert_eq!(crlf, ["x\ny"]);
     }
 
     /// An unmasked server frame.

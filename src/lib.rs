@@ -8,10 +8,13 @@
 pub mod acl;
 pub mod bench;
 pub mod broker;
+pub mod cli;
+mod client;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+mod progress;
 pub mod server;
 pub mod store;
 

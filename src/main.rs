@@ -1,6 +1,8 @@
-//! The `restmq` command: the server (`restmq` or `restmq serve`) and its tools.
+//! The `restmq` command: the server (`restmq` or `restmq serve`), its client
+//! (`push`, `pop`, `tail`, `stats`, …, in `restmq::cli`) and its tools.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -39,6 +41,8 @@ enum Command {
     /// Make a bearer token: prints the token (give it to the client) and the
     /// `[token:NAME]` section holding only its digest (put it in the ACL file).
     Token(TokenArgs),
+    #[command(flatten)]
+    Client(restmq::cli::Command),
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,12 +62,12 @@ struct TokenArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let format = match &cli.command {
         None => cli.serve.log_format,
         Some(Command::Serve(args)) => args.log_format,
-        Some(Command::Bench(_) | Command::Token(_)) => LogFormat::Text,
+        Some(Command::Bench(_) | Command::Token(_) | Command::Client(_)) => LogFormat::Text,
     };
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -83,7 +87,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Bench(args)) => Ok(bench::run(&args).await?),
         Some(Command::Token(args)) => token(&args),
+        // The client prints its own errors: it has exit codes to tell apart.
+        Some(Command::Client(command)) => return Ok(restmq::cli::run(command).await),
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 /// Prints a new token and the ACL section that admits it.
