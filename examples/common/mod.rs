@@ -349,3 +349,20 @@ pub fn read_input(path: Option<&std::path::Path>, sample: &str) -> Result<String
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())),
     }
 }
+
+/// Resolves at Ctrl-C or SIGTERM, so that an example stopped either way still
+/// stops its restmq and removes its temporary data directory.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

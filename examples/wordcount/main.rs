@@ -157,7 +157,12 @@ async fn main() -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     mq.publish_batch(&queues.map, &tasks).await?;
 
-    let totals = tokio::time::timeout(DEADLINE, collect(&mq, &queues, args.reducers)).await;
+    let totals = tokio::select! {
+        totals = tokio::time::timeout(DEADLINE, collect(&mq, &queues, args.reducers)) => {
+            totals.context("the reducers did not finish in time")
+        }
+        () = common::stop_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
     // Mappers wait for work forever, as workers do; this run is over.
     for worker in &workers {
         worker.abort();
@@ -165,7 +170,16 @@ async fn main() -> Result<()> {
     for worker in workers {
         let _ = worker.await; // until it has let go of its client
     }
-    let totals = totals.context("the reducers did not finish in time")??;
+    let totals = match totals {
+        Ok(Ok(totals)) => totals,
+        Ok(Err(e)) | Err(e) => {
+            // Stopped first, so that its temporary data directory is removed.
+            if let Ok(mq) = Arc::try_unwrap(mq) {
+                mq.stop().await?;
+            }
+            return Err(e);
+        }
+    };
     let ok = common::report(&totals, &text, args.top);
     if let Ok(mq) = Arc::try_unwrap(mq) {
         mq.stop().await?;
