@@ -42,32 +42,27 @@ fn example(name: &str) -> PathBuf {
                 path.display()
             )
         });
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = [root.join("examples"), root.join("src")]
-        .iter()
-        .filter_map(|dir| newest_change(dir))
-        .max();
+    // Cargo's own rule: stale when a file it was built from (listed in its
+    // dep-info file) changed since.
+    let sources = std::fs::read_to_string(path.with_extension("d")).unwrap_or_default();
+    let changed: Vec<&str> = sources
+        .lines()
+        .next()
+        .and_then(|line| line.split_once(": "))
+        .into_iter()
+        .flat_map(|(_, files)| files.split_whitespace())
+        .filter(|file| {
+            std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .is_ok_and(|changed| changed > built)
+        })
+        .collect();
     assert!(
-        newest.is_none_or(|newest| newest <= built),
-        "{} is older than the sources: run `cargo build --examples`",
+        changed.is_empty(),
+        "{} is older than {changed:?}: run `cargo build --examples`",
         path.display()
     );
     path
-}
-
-/// When a file under `dir` last changed.
-fn newest_change(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let changed = if path.is_dir() {
-            newest_change(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(changed);
-    }
-    newest
 }
 
 /// A file holding `TEXT` ten times.
