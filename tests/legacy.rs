@@ -325,16 +325,18 @@ async fn stats_of_all_queues_and_of_one(backend: Backend) {
     assert!(stats["redis"].is_string());
     assert_eq!(
         stats["queues"]["s1"],
-        json!({"name": "s1", "len": 2, "status": 1, "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0})
+        json!({"name": "s1", "len": 2, "status": 1, "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": 2})
     );
     assert_eq!(
         stats["queues"]["s2"],
-        json!({"name": "s2", "len": 1, "status": "", "policy": "", "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0})
+        json!({"name": "s2", "len": 1, "status": "", "policy": "", "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": 1})
     );
     let one = server.get("/stats/s1").await;
     assert_eq!(one.json()["len"], 2);
     assert_eq!(one.json()["queue"], "s1");
+    assert_eq!(one.json()["published"], 2);
     assert_eq!(server.get("/stats/unknown").await.json()["len"], 0);
+    assert_eq!(server.get("/stats/unknown").await.json()["published"], 0);
 
     let answer = server.get("/stats/s1?callback=cb").await;
     assert!(

@@ -311,7 +311,7 @@ fn build() -> Value {
             },
             "/stats/": { "get": operation("Every queue's counts.", vec![callback()], with_errors(json!({ "200": json_answer("Counts per queue.", json!({ "type": "object" })) }), &[])) },
             "/stats/{queue}": {
-                "get": operation("The queue's counts: len, consumers, waiting, inflight, delayed.", vec![queue_path(), callback()],
+                "get": operation("The queue's counts: len, consumers, waiting, inflight, delayed, published (the last message's number).", vec![queue_path(), callback()],
                     with_errors(json!({ "200": json_answer("Counts.", json!({ "type": "object" })) }), &["400"]))
             },
             "/j/": { "get": no_queue("Without a queue: 400.") },
