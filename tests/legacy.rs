@@ -166,7 +166,16 @@ async fn index_routes_publish_pop_and_redirect(backend: Backend) {
     let page = server.get("/static/index.html").await;
     assert_eq!(page.status, 200);
     assert!(page.content_type.starts_with("text/html"));
-    assert!(page.body.contains("/stats/"), "the dashboard reads /stats/");
+    assert!(
+        page.body.contains("/static/dashboard.js"),
+        "the page loads its script"
+    );
+    let script = server.get("/static/dashboard.js").await;
+    assert!(script.content_type.starts_with("text/javascript"));
+    assert!(
+        script.body.contains("/stats/"),
+        "the dashboard reads /stats/"
+    );
     assert_eq!(server.get("/static/nope.js").await.status, 404);
 }
 

@@ -332,6 +332,10 @@ fn build() -> Value {
                 "get": operation("Bundled pages and assets.", vec![json!({ "name": "path", "in": "path", "required": true, "schema": string() })],
                     json!({ "200": { "description": "The file." }, "404": { "$ref": "#/components/responses/E404" } }))
             },
+            "/ui": {
+                "get": operation("The dashboard (the page of /static/index.html): queues, rates, live tail, publish, pause, policy and purge.", vec![],
+                    json!({ "200": { "description": "The page.", "content": { "text/html": { "schema": string() } } } }))
+            },
             "/openapi.json": { "get": operation("This document.", vec![], json!({ "200": json_answer("OpenAPI 3.1.", json!({ "type": "object" })) })) }
         },
         "components": {
