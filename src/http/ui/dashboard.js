@@ -147,6 +147,7 @@
     } else {
       area.removeAttribute("d");
     }
+    box.classList.toggle("idle", peak === 0);
     title.textContent = `${label}: peak ${fmtRate(peak)} over the last minute`;
   }
 
@@ -413,10 +414,12 @@
     setText($("confirm-title"), "Purge this queue?");
     const code = document.createElement("code");
     code.textContent = name;
-    const count = typeof len === "number" ? len.toLocaleString() : "its";
-    $("confirm-text").replaceChildren(
-      "Deletes the ", count, " waiting message" + (len === 1 ? "" : "s") + " of ", code,
-      " and closes its streams. The queue stays listed and its numbering continues. This cannot be undone.");
+    const what = len === 0 ? ["No message is waiting in ", code, "; purging closes its streams."]
+      : typeof len === "number"
+        ? ["Deletes the ", len.toLocaleString(), len === 1 ? " message" : " messages", " waiting in ", code,
+          " and closes its streams. This cannot be undone."]
+        : ["Deletes every message waiting in ", code, " and closes its streams. This cannot be undone."];
+    $("confirm-text").replaceChildren(...what, " The queue stays listed and its numbering continues.");
     return new Promise((resolve) => {
       dialog.returnValue = "";
       dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
