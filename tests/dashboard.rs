@@ -2,7 +2,8 @@
 //! Chromium, driven by `tests/dashboard/dashboard.mjs` (playwright-core),
 //! publishes through the page, sees the message in the live tail, pauses and
 //! resumes, switches the policy and purges; then the server's state is checked
-//! here. Once open, and once with an ACL whose token is typed into the page.
+//! here. Once open, once with an ACL whose token is typed into the page, and
+//! once with an ACL of HTTP Basic credentials, which the browser presents.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `npm ci --prefix tests/dashboard`
 //! (`.ci/run` installs them). Without them the browser tests are skipped with a
@@ -11,6 +12,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,9 +184,28 @@ async fn scenery(server: &TestServer) -> Streaming {
     Streaming::comet(server, "notifications").await
 }
 
-/// The state the script leaves: the demo queue resumed, roundrobin, purged
-/// after three messages.
-async fn check_state(server: &TestServer, auth: Option<&str>) {
+/// A server whose rules are `acl`; the rules' directory is kept with it.
+async fn server_with_acl(acl: &str) -> (TestServer, tempfile::TempDir) {
+    let rules = tempfile::tempdir().expect("a directory");
+    let file = rules.path().join("acl.conf");
+    std::fs::write(&file, acl).expect("write the rules");
+    let data = tempfile::tempdir().expect("a directory");
+    let mut config = Config::new(data.path());
+    config.acl = Some(file);
+    (TestServer::start_with(config, Some(data)).await, rules)
+}
+
+/// `CHROMIUM`, passed on when set.
+fn chromium_var() -> Vec<(&'static str, String)> {
+    std::env::var("CHROMIUM")
+        .map(|value| vec![("CHROMIUM", value)])
+        .unwrap_or_default()
+}
+
+/// The state the script leaves: the demo queue resumed and empty; after the
+/// full flow, roundrobin and purged after three messages, after the short
+/// one, its only message taken by the tail.
+async fn check_state(server: &TestServer, auth: Option<&str>, full: bool) {
     let get = |path: &str| {
         let mut request = server.client.get(server.url(path));
         if let Some(auth) = auth {
@@ -200,12 +222,17 @@ async fn check_state(server: &TestServer, auth: Option<&str>) {
     let control = get("/control/dash/demo").await;
     assert_eq!(control["status"]["status"], 1, "resumed: {control}");
     let policy = get("/p/dash/demo").await;
-    assert_eq!(policy["value"], "roundrobin", "{policy}");
+    let (policy_set, published) = if full {
+        ("roundrobin", 3)
+    } else {
+        ("unknown", 1)
+    };
+    assert_eq!(policy["value"], policy_set, "{policy}");
     let stats = get("/stats/dash/demo").await;
-    assert_eq!(stats["len"], 0, "purged: {stats}");
+    assert_eq!(stats["len"], 0, "purged or taken: {stats}");
     assert_eq!(
-        stats["published"], 3,
-        "three published through the page: {stats}"
+        stats["published"], published,
+        "published through the page: {stats}"
     );
     assert_eq!(stats["consumers"], 0, "the tail closed: {stats}");
 }
@@ -266,15 +293,16 @@ async fn the_dashboard_works_in_a_browser() {
     let (stop, task) = traffic(&server, None);
     let shot = screenshot("dashboard.png");
     let mut vars = vec![("DASHBOARD_TAIL", "orders".to_owned())];
-    for name in ["DASHBOARD_SAMPLES", "DASHBOARD_SCHEME", "CHROMIUM"] {
+    for name in ["DASHBOARD_SAMPLES", "DASHBOARD_SCHEME", "DASHBOARD_VERBOSE"] {
         if let Ok(value) = std::env::var(name) {
             vars.push((name, value));
         }
     }
+    vars.extend(chromium_var());
     run_script(&server, &shot, vars).await;
     stop.store(true, Ordering::Relaxed);
     task.await.expect("the traffic stops");
-    check_state(&server, None).await;
+    check_state(&server, None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,15 +310,9 @@ async fn the_dashboard_works_with_the_acl_on() {
     if !browser_available() {
         return;
     }
-    let rules = tempfile::tempdir().expect("a directory");
-    let file = rules.path().join("acl.conf");
     let section =
         restmq::acl::token_section("dashboard", TOKEN, "*", "*", "*").expect("a valid section");
-    std::fs::write(&file, section).expect("write the rules");
-    let data = tempfile::tempdir().expect("a directory");
-    let mut config = Config::new(data.path());
-    config.acl = Some(file);
-    let server = TestServer::start_with(config, Some(data)).await;
+    let (server, _rules) = server_with_acl(&section).await;
 
     // The page is open; what it asks for is not, without the token.
     assert_eq!(server.get("/ui").await.status, 200);
@@ -311,12 +333,46 @@ async fn the_dashboard_works_with_the_acl_on() {
 
     let shot = screenshot("dashboard-acl.png");
     let mut vars = vec![
+        ("DASHBOARD_FLOW", "short".to_owned()),
         ("DASHBOARD_TOKEN", TOKEN.to_owned()),
         ("DASHBOARD_ODD_QUEUE", odd.to_owned()),
     ];
-    if let Ok(value) = std::env::var("CHROMIUM") {
-        vars.push(("CHROMIUM", value));
-    }
+    vars.extend(chromium_var());
     run_script(&server, &shot, vars).await;
-    check_state(&server, Some(&auth)).await;
+    check_state(&server, Some(&auth), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_with_http_basic() {
+    if !browser_available() {
+        return;
+    }
+    let (user, password) = ("operator", "op:secret");
+    let section = |name: &str| format!("[{name}]\nusername = {user}\npassword = {password}\n");
+    let acl = ["rest:producer", "rest:consumer", "comet:consumer"]
+        .map(section)
+        .join("\n");
+    let (server, _rules) = server_with_acl(&acl).await;
+    assert_eq!(server.get("/ui").await.status, 200);
+    let refused = server.get("/stats/").await;
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.headers["www-authenticate"]
+            .to_str()
+            .is_ok_and(|challenge| challenge.starts_with("Basic")),
+        "the browser is asked for Basic credentials"
+    );
+
+    let shot = screenshot("dashboard-basic.png");
+    let mut vars = vec![
+        ("DASHBOARD_FLOW", "short".to_owned()),
+        ("DASHBOARD_BASIC", format!("{user}:{password}")),
+    ];
+    vars.extend(chromium_var());
+    run_script(&server, &shot, vars).await;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    check_state(&server, Some(&auth), false).await;
 }

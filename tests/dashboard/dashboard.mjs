@@ -5,8 +5,13 @@
 // Environment:
 //   DASHBOARD_TOKEN      the server has an ACL: the page must first say so, then
 //                        work once this token is entered in its token field
+//   DASHBOARD_BASIC      user:password: the server wants HTTP Basic; the browser
+//                        answers its challenges with these (as a person would
+//                        in its prompt), the page needs nothing more
 //   DASHBOARD_ODD_QUEUE  a queue (made by the caller) whose name looks like HTML:
 //                        its row must show the name as text
+//   DASHBOARD_FLOW       full (default) or short: publish, tail, pause and
+//                        resume only (no second publish, policy or purge)
 //   DASHBOARD_TAIL       a busy queue (fed by the caller) to tail at the end
 //   DASHBOARD_SAMPLES    publish-rate samples (one a second) the page draws
 //                        before the screenshot (default 3; 60 fills the sparklines)
@@ -25,6 +30,7 @@ if (!base || !screenshot) {
 }
 const env = process.env;
 const token = env.DASHBOARD_TOKEN || "";
+const full = env.DASHBOARD_FLOW !== "short";
 const samples = Math.max(1, Number(env.DASHBOARD_SAMPLES || 3));
 const QUEUE = "dash/demo";
 const VALUE = 'hello from the dashboard <b>&amp;</b> "quotes"';
@@ -52,7 +58,9 @@ const browser = await chromium.launch({
 });
 let page;
 try {
+  const basic = env.DASHBOARD_BASIC ? env.DASHBOARD_BASIC.split(":") : null;
   const context = await browser.newContext({
+    httpCredentials: basic ? { username: basic[0], password: basic.slice(1).join(":") } : undefined,
     viewport: { width: 1200, height: 800 },
     deviceScaleFactor: 1,
     colorScheme: env.DASHBOARD_SCHEME === "dark" ? "dark" : "light",
@@ -125,9 +133,12 @@ try {
     await cellText(row(QUEUE).locator(".len"), "0");
   });
 
-  await step("stop the tail and publish two more", async () => {
+  await step("stop the tail", async () => {
     await page.click("#tail-stop");
     await page.locator("#tail-state[data-state=off]").waitFor();
+  });
+
+  if (full) await step("publish two more", async () => {
     for (const n of [2, 3]) {
       await page.fill("#pub-value", `message ${n}`);
       await page.click("#pub-send");
@@ -147,13 +158,13 @@ try {
     await cellText(row(QUEUE).locator(".status .pill"), "running");
   });
 
-  await step("switch the policy to roundrobin", async () => {
+  if (full) await step("switch the policy to roundrobin", async () => {
     await cellText(row(QUEUE).locator(".policy .pill"), "broadcast");
     await row(QUEUE).locator(".act-policy").click();
     await cellText(row(QUEUE).locator(".policy .pill"), "roundrobin");
   });
 
-  await step("purge, cancelled, changes nothing", async () => {
+  if (full) await step("purge, cancelled, changes nothing", async () => {
     await row(QUEUE).locator(".act-purge").click();
     await page.locator("#confirm[open]").waitFor();
     await page.locator("#confirm-text", { hasText: QUEUE }).waitFor();
@@ -162,7 +173,7 @@ try {
     await cellText(row(QUEUE).locator(".len"), "2");
   });
 
-  await step("purge, confirmed, empties the queue", async () => {
+  if (full) await step("purge, confirmed, empties the queue", async () => {
     await row(QUEUE).locator(".act-purge").click();
     await page.locator("#confirm[open]").waitFor();
     await page.click("#confirm-ok");
