@@ -166,7 +166,16 @@ async fn index_routes_publish_pop_and_redirect(backend: Backend) {
     let page = server.get("/static/index.html").await;
     assert_eq!(page.status, 200);
     assert!(page.content_type.starts_with("text/html"));
-    assert!(page.body.contains("/stats/"), "the dashboard reads /stats/");
+    assert!(
+        page.body.contains("/static/dashboard.js"),
+        "the page loads its script"
+    );
+    let script = server.get("/static/dashboard.js").await;
+    assert!(script.content_type.starts_with("text/javascript"));
+    assert!(
+        script.body.contains("/stats/"),
+        "the dashboard reads /stats/"
+    );
     assert_eq!(server.get("/static/nope.js").await.status, 404);
 }
 
@@ -325,16 +334,18 @@ async fn stats_of_all_queues_and_of_one(backend: Backend) {
     assert!(stats["redis"].is_string());
     assert_eq!(
         stats["queues"]["s1"],
-        json!({"name": "s1", "len": 2, "status": 1, "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0})
+        json!({"name": "s1", "len": 2, "status": 1, "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": 2})
     );
     assert_eq!(
         stats["queues"]["s2"],
-        json!({"name": "s2", "len": 1, "status": "", "policy": "", "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0})
+        json!({"name": "s2", "len": 1, "status": "", "policy": "", "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": 1})
     );
     let one = server.get("/stats/s1").await;
     assert_eq!(one.json()["len"], 2);
     assert_eq!(one.json()["queue"], "s1");
+    assert_eq!(one.json()["published"], 2);
     assert_eq!(server.get("/stats/unknown").await.json()["len"], 0);
+    assert_eq!(server.get("/stats/unknown").await.json()["published"], 0);
 
     let answer = server.get("/stats/s1?callback=cb").await;
     assert!(

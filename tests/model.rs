@@ -383,7 +383,7 @@ async fn check_stats(server: &TestServer, queue: &QueueModel) -> Result<(), Test
     body["redis"] = json!("");
     prop_assert_eq!(
         body,
-        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len(), "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0}),
+        json!({"redis": "", "queue": queue.name, "len": queue.waiting.len(), "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": queue.last}),
         "stats of {}",
         queue.name
     );

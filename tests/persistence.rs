@@ -35,9 +35,10 @@ async fn queues_survive_a_restart(backend: Backend) {
     assert_eq!(stats["count"], 2);
     assert_eq!(
         stats["queues"]["keep"],
-        json!({"name": "keep", "len": 2, "status": "", "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0})
+        json!({"name": "keep", "len": 2, "status": "", "policy": 2, "consumers": 0, "waiting": 0, "inflight": 0, "delayed": 0, "published": 3})
     );
     assert_eq!(stats["queues"]["purged"]["len"], 0);
+    assert_eq!(stats["queues"]["purged"]["published"], 1);
     assert_eq!(
         server.get("/control/unlisted").await.json()["status"]["status"],
         0

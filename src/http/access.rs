@@ -53,7 +53,7 @@ fn scope(rest: &str) -> Scope {
 }
 
 /// The needs of a route; `None` for what is open to all (health checks,
-/// static assets, the help redirect, unknown paths).
+/// the dashboard and static assets, the help redirect, unknown paths).
 pub fn classify(method: &Method, path: &str) -> Option<Need> {
     use Category::{CometConsumer, RestConsumer, RestProducer, WebsocketConsumer};
     use Right::{Admin, Consume, Publish};
@@ -68,6 +68,8 @@ pub fn classify(method: &Method, path: &str) -> Option<Need> {
     let post = method == Method::POST;
     let delete = method == Method::DELETE;
     match path {
+        // The dashboard's page; what it then asks for is checked as usual.
+        "/ui" => return None,
         "/" if get => return need(RestConsumer, Consume, Scope::InHandler),
         "/" if post => return need(RestProducer, Publish, Scope::InHandler),
         "/queue" if post => return need(RestProducer, Publish, Scope::InHandler),

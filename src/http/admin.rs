@@ -14,7 +14,9 @@ use crate::metrics::QueueGauges;
 use crate::store::{Policy, Status};
 
 /// `GET /stats/`: every listed queue with its length, status, policy and
-/// streaming consumers (`consumers` is restmq's addition).
+/// streaming consumers (`consumers` and the counts after it are restmq's
+/// additions; `published` is the number of the last message published, which
+/// only grows, so its change between two reads is the publish rate).
 ///
 /// As in the original, `status` is 1 when started and `""` otherwise, and
 /// `policy` is 1 (broadcast), 2 (roundrobin) or `""` when never set.
@@ -42,6 +44,7 @@ pub async fn all(State(state): State<AppState>, params: Params) -> Result<Respon
                 "waiting": waiting,
                 "inflight": info.inflight,
                 "delayed": info.delayed,
+                "published": info.last_id,
             }),
         );
     }
@@ -81,7 +84,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
 }
 
 /// `GET /stats/<q>`: the queue's length (0 for an unknown queue), its
-/// streaming consumers, long polls waiting, and messages in flight or delayed.
+/// streaming consumers, long polls waiting, messages in flight or delayed, and
+/// the number of the last message published.
 pub async fn one(
     State(state): State<AppState>,
     Queue(queue): Queue,
@@ -97,6 +101,7 @@ pub async fn one(
         "waiting": state.broker.waiting(&queue),
         "inflight": info.inflight,
         "delayed": info.delayed,
+        "published": info.last_id,
     });
     Ok(stats(&answer, callback.as_ref()))
 }

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/", get(legacy::no_queue))
         .route("/ws/{*queue}", get(stream::websocket))
         .route("/static/{*path}", get(ui::asset))
+        .route("/ui", get(ui::dashboard))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

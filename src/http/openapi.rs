@@ -311,7 +311,7 @@ fn build() -> Value {
             },
             "/stats/": { "get": operation("Every queue's counts.", vec![callback()], with_errors(json!({ "200": json_answer("Counts per queue.", json!({ "type": "object" })) }), &[])) },
             "/stats/{queue}": {
-                "get": operation("The queue's counts: len, consumers, waiting, inflight, delayed.", vec![queue_path(), callback()],
+                "get": operation("The queue's counts: len, consumers, waiting, inflight, delayed, published (the last message's number).", vec![queue_path(), callback()],
                     with_errors(json!({ "200": json_answer("Counts.", json!({ "type": "object" })) }), &["400"]))
             },
             "/j/": { "get": no_queue("Without a queue: 400.") },
@@ -331,6 +331,10 @@ fn build() -> Value {
             "/static/{path}": {
                 "get": operation("Bundled pages and assets.", vec![json!({ "name": "path", "in": "path", "required": true, "schema": string() })],
                     json!({ "200": { "description": "The file." }, "404": { "$ref": "#/components/responses/E404" } }))
+            },
+            "/ui": {
+                "get": operation("The dashboard (the page of /static/index.html): queues, rates, live tail, publish, pause, policy and purge.", vec![],
+                    json!({ "200": { "description": "The page.", "content": { "text/html": { "schema": string() } } } }))
             },
             "/openapi.json": { "get": operation("This document.", vec![], json!({ "200": json_answer("OpenAPI 3.1.", json!({ "type": "object" })) })) }
         },

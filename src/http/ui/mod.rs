@@ -1,8 +1,13 @@
-//! The browser side: static assets embedded in the binary, and the HTML pages
-//! of the original (`GET /q/` queue list, `GET /j/<q>` job view).
+//! The browser side: the dashboard (`/ui`, `/static/index.html`) and the other
+//! static assets, embedded in the binary, and the HTML pages of the original
+//! (`GET /q/` queue list, `GET /j/<q>` job view).
 
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::HeaderValue;
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY_HEADER, CONTENT_TYPE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
@@ -16,16 +21,19 @@ pub const JOB_VIEW_ITEMS: usize = 10;
 
 /// Files served under `/static/`: (path, content type, content).
 const ASSETS: &[(&str, &str, &str)] = &[
+    ("index.html", HTML, DASHBOARD),
     (
-        "index.html",
-        "text/html; charset=UTF-8",
-        include_str!("index.html"),
+        "dashboard.js",
+        "text/javascript; charset=UTF-8",
+        include_str!("dashboard.js"),
     ),
     (
-        "help.html",
-        "text/html; charset=UTF-8",
-        include_str!("help.html"),
+        "dashboard.css",
+        "text/css; charset=UTF-8",
+        include_str!("dashboard.css"),
     ),
+    ("favicon.svg", "image/svg+xml", include_str!("favicon.svg")),
+    ("help.html", HTML, include_str!("help.html")),
     (
         "restmq.css",
         "text/css; charset=UTF-8",
@@ -33,17 +41,50 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+const HTML: &str = "text/html; charset=UTF-8";
+
+/// The dashboard page, at `/static/index.html` and `/ui`.
+const DASHBOARD: &str = include_str!("index.html");
+
+/// What the dashboard may load: only this server's own scripts, styles, images
+/// and requests (no inline script, nothing from elsewhere), and no framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// An embedded file with its type; `page` (the dashboard) also gets its
+/// content security policy.
+fn embedded(content_type: &'static str, body: &'static str, page: bool) -> Response {
+    let mut response = (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "no-cache"),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response();
+    if page {
+        response.headers_mut().insert(
+            CONTENT_SECURITY_POLICY_HEADER,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        );
+    }
+    response
+}
+
 /// `GET /static/<path>`: an embedded asset.
 pub async fn asset(Path(path): Path<String>) -> Result<Response, Error> {
     let (_, content_type, body) = ASSETS
         .iter()
         .find(|(name, _, _)| *name == path)
         .ok_or(Error::NotFound)?;
-    Ok((
-        [(CONTENT_TYPE, *content_type), (CACHE_CONTROL, "no-cache")],
-        *body,
-    )
-        .into_response())
+    Ok(embedded(content_type, body, path == "index.html"))
+}
+
+/// `GET /ui`: the dashboard, the same page as `/static/index.html`.
+pub async fn dashboard() -> Response {
+    embedded(HTML, DASHBOARD, true)
 }
 
 /// Characters escaped in a queue name placed in a link's path.
