@@ -727,6 +727,14 @@ async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError>
         if messages.is_empty() {
             return Ok(());
         }
+        // The status was read before the pop: a pause that landed in between
+        // must hold these back. Read again; if paused now, put them back
+        // (a pause after the pop may deliver or not, either is in order).
+        let now = hub.store.queue(queue).await?.unwrap_or_default();
+        if now.status == Some(Status::Stopped) {
+            hub.store.restore(queue, messages).await?;
+            return Ok(());
+        }
         // Consumers of other servers sharing the store get broadcast messages too.
         let shared = (policy == Policy::Broadcast && hub.store.shared()).then(|| messages.clone());
         let undelivered = hand_out(hub, slot, policy, messages);
