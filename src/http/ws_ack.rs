@@ -75,13 +75,10 @@ impl Options {
     }
 }
 
-/// Furthest deadline kept (about a century): any longer visibility is as good.
-const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The instant `seconds` from now. A visibility is any non-negative integer,
-/// and adding u64::MAX seconds to an instant panics.
+/// The instant `seconds` from now, at most a century away. A visibility is any
+/// non-negative integer, and adding u64::MAX seconds to an instant panics.
 fn after(seconds: u64) -> Instant {
-    Instant::now() + Duration::from_secs(seconds).min(FAR)
+    Instant::now() + Duration::from_secs(seconds.min(crate::broker::LONGEST))
 }
 
 /// A message as an acknowledging socket sends it.
