@@ -38,8 +38,9 @@ enum Shape {
 /// One bad request.
 struct Row {
     method: &'static str,
-    /// Path and query, as sent; `{LIVE}`, `{STALE}`, `{LONG}`, `{BIG}` and
-    /// `{DEEP}` are replaced (see [`expand`]).
+    /// Path and query, as sent; `{LIVE}`, `{STALE}`, `{LONG}`, `{BIG}`,
+    /// `{DEEP}`, `{HEAD20K}` and `{HEAD500K}` are replaced (see [`expand`]),
+    /// here and in headers and bodies.
     target: &'static [u8],
     /// Whole header lines.
     headers: &'static [&'static [u8]],
@@ -280,6 +281,9 @@ static ROWS: &[Row] = &[
     row!(GET b"/c/", NO, b"" => 400 Error),
     row!(GET b"/c/jobs?x=%FF", NO, b"" => 400 Error),
     row!(GET b"/c/jobs", &[b"Bad Header"], b"" => 400 Error),
+    row!(GET b"/c/jobs", &[b"x-big: {HEAD20K}"], b"" => 431 Error),
+    row!(GET b"/sse/jobs", &[b"x-big: {HEAD20K}"], b"" => 431 Error),
+    row!(GET b"/q/jobs", &[b"x-big: {HEAD500K}"], b"" => 431 Bare),
     row!(GET b"/c/jobs", &[b"accept: text/event-stream", b"last-event-id: jobs:x"], b"" => 400 Error),
     row!(GET b"/sse/jobs", &[b"last-event-id: garbage"], b"" => 400 Error),
     row!(GET b"/sse/jobs", &[b"last-event-id: held:1"], b"" => 400 Error),
@@ -372,11 +376,13 @@ fn replace(a: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 
 /// Fills in a row's placeholders: the fixture's receipts, a queue name one byte
 /// over the limit, a body over the limit, JSON nested deeper than the parser's
-/// limit.
+/// limit, header values too long for a stream request (16 KiB) and for any
+/// request (hyper's 400 KiB or so).
 fn expand(bytes: &[u8], receipts: &Receipts) -> Vec<u8> {
     let long = "x".repeat(restmq::broker::MAX_QUEUE_NAME + 1);
     let big = format!("value={}", "x".repeat(MAX_BODY));
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let (head20k, head500k) = ("a".repeat(20_000), "a".repeat(500_000));
     let mut out = bytes.to_vec();
     for (from, to) in [
         ("{LIVE}", receipts.live.as_str()),
@@ -384,6 +390,8 @@ fn expand(bytes: &[u8], receipts: &Receipts) -> Vec<u8> {
         ("{LONG}", &long),
         ("{BIG}", &big),
         ("{DEEP}", &deep),
+        ("{HEAD20K}", &head20k),
+        ("{HEAD500K}", &head500k),
     ] {
         out = replace(&out, from.as_bytes(), to.as_bytes());
     }
