@@ -686,9 +686,22 @@ fn name_text() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A valid name made of any text: control characters dropped, cut to the
+/// limit (no filtering, so that long runs reject nothing).
 fn valid_name() -> BoxedStrategy<QueueName> {
     name_text()
-        .prop_filter_map("a valid name", |text| QueueName::parse(&text).ok())
+        .prop_map(|text| {
+            let mut name: String = text.chars().filter(|c| !c.is_control()).collect();
+            let mut end = name.len().min(MAX_QUEUE_NAME);
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+            if name.is_empty() {
+                name.push('q');
+            }
+            QueueName::parse(&name).expect("a valid name")
+        })
         .boxed()
 }
 
