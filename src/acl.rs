@@ -648,7 +648,8 @@ pub fn token_section(
 fn parse_digest(value: &str) -> Result<Digest256, String> {
     let value = value.trim();
     let wrong = || "sha256 must be 64 hexadecimal digits".to_owned();
-    if value.len() != 64 {
+    // from_str_radix alone would also take a sign ("+f") for a digit.
+    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(wrong());
     }
     let mut digest = [0u8; 32];
@@ -1122,6 +1123,11 @@ mod tests {
             ),
             ("[token:x]\npublish = *\n", 1, "no sha256"),
             ("[token:x]\nsha256 = abc\n", 2, "64 hexadecimal"),
+            (
+                "[token:x]\nsha256 = +f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+                2,
+                "64 hexadecimal",
+            ),
             ("[token:x]\nsha256 = 00\n[token:x]\n", 3, "defined twice"),
             ("[token:]\n", 1, "needs a name"),
             ("[rest:consumer\n", 1, "not a section header"),

@@ -35,6 +35,12 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A request head over the limit of a stream request served on its socket.
+    #[error("the request head is larger than the limit of {limit} bytes")]
+    HeadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A request body that could not be read.
     #[error("cannot read the request body: {0}")]
     BadBody(String),
@@ -94,6 +100,7 @@ impl Error {
             Error::InvalidCallback => StatusCode::BAD_REQUEST,
             Error::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BadBody(_) => StatusCode::BAD_REQUEST,
             Error::EmptyQueue => StatusCode::NOT_FOUND,
             Error::StaleReceipts(_) => StatusCode::CONFLICT,

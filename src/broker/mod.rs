@@ -20,6 +20,21 @@ use crate::store::{
     StoreEvent,
 };
 
+/// Longest time span, in seconds, handed to a store: about a century. A ttl,
+/// delay or visibility is any non-negative integer, but a store doing sums on
+/// it must not overflow (Redis's Lua numbers are doubles, and `SET … EX`
+/// refuses one past its range); anything longer is as good as forever.
+pub const LONGEST: u64 = 100 * 365 * 24 * 3600;
+
+/// A message with its ttl and delay kept within [`LONGEST`].
+fn bounded(message: NewMessage) -> NewMessage {
+    NewMessage {
+        ttl: message.ttl.map(|s| s.min(LONGEST)),
+        delay: message.delay.map(|s| s.min(LONGEST)),
+        ..message
+    }
+}
+
 /// Acts on what other servers sharing the store did: wakes dispatchers, and
 /// hands broadcast messages they streamed to this server's consumers.
 async fn follow(hub: Hub, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
@@ -70,7 +85,10 @@ impl Broker {
     /// Appends one message to the tail of `queue`; returns its number once durable,
     /// having woken the queue's streaming consumers.
     pub async fn publish(&self, queue: &QueueName, message: NewMessage) -> Result<u64, Error> {
-        let ids = self.store.publish(queue.as_str(), vec![message]).await?;
+        let ids = self
+            .store
+            .publish(queue.as_str(), vec![bounded(message)])
+            .await?;
         self.hub.kick(queue);
         match ids[..] {
             [id] => Ok(id),
@@ -86,6 +104,7 @@ impl Broker {
         queue: &QueueName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<u64>, Error> {
+        let messages = messages.into_iter().map(bounded).collect();
         let ids = self.store.publish(queue.as_str(), messages).await?;
         self.hub.kick(queue);
         Ok(ids)
@@ -112,10 +131,11 @@ impl Broker {
         let visibility = match visibility {
             Some(seconds) => seconds,
             None => self.store.config(queue.as_str()).await?.visibility,
-        };
+        }
+        .min(LONGEST);
         let received = self
             .store
-            .receive(queue.as_str(), max, visibility.saturating_mul(1000))
+            .receive(queue.as_str(), max, visibility * 1000)
             .await?;
         Ok(received
             .into_iter()
@@ -210,7 +230,7 @@ impl Broker {
                 queue,
                 receipt.id,
                 receipt.delivery,
-                delay.saturating_mul(1000),
+                delay.min(LONGEST) * 1000,
             )
             .await?;
         if !done {
@@ -229,7 +249,7 @@ impl Broker {
                 queue,
                 receipt.id,
                 receipt.delivery,
-                visibility.saturating_mul(1000),
+                visibility.min(LONGEST) * 1000,
             )
             .await?;
         if done {

@@ -21,7 +21,8 @@ pub struct Receipt {
 impl Receipt {
     /// Reads a receipt as [`fmt::Display`] writes it; `None` for anything else.
     pub fn parse(text: &str) -> Option<Receipt> {
-        let mut parts = text.trim().split('.');
+        let text = text.trim();
+        let mut parts = text.split('.');
         let (tag, id, delivery, queue) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if tag != "r1" || parts.next().is_some() || queue.len() % 2 != 0 {
@@ -32,11 +33,15 @@ impl Receipt {
             .map(|at| u8::from_str_radix(queue.get(at..at + 2)?, 16).ok())
             .collect::<Option<Vec<u8>>>()?;
         let queue = QueueName::parse(std::str::from_utf8(&bytes).ok()?).ok()?;
-        Some(Receipt {
+        let receipt = Receipt {
             queue,
             id: u64::from_str_radix(id, 16).ok().filter(|&id| id > 0)?,
             delivery: u32::from_str_radix(delivery, 16).ok().filter(|&d| d > 0)?,
-        })
+        };
+        // Only the spelling restmq gives: from_str_radix also takes a sign,
+        // upper case and leading zeros, which would answer a 409 naming a
+        // receipt the client never sent.
+        (receipt.to_string() == text).then_some(receipt)
     }
 }
 
@@ -77,6 +82,12 @@ mod tests {
             "r1.1.1.zz",
             "r1.1.1.71.0",
             "r1.1.1.",
+            "r1.+1.1.71",
+            "r1.01.1.71",
+            "r1.1.+1.71",
+            "r1.A.1.71",
+            "r1.1.1.4A",
+            "r1.1.1.+7",
         ] {
             assert_eq!(Receipt::parse(bad), None, "{bad}");
         }

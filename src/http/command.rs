@@ -256,7 +256,13 @@ async fn receive(state: &AppState, command: &Command) -> Result<Value, Error> {
     let queue = field!(queue_field(command)?);
     let visibility = number_field(command, "visibility")?;
     let max = number_field(command, "max")?;
-    let count = usize::try_from(max.unwrap_or(1).clamp(1, 1000)).unwrap_or(1);
+    if max.is_some_and(|max| !(1..=1000).contains(&max)) {
+        return Err(Error::InvalidParameter {
+            name: "max",
+            reason: "it must be from 1 to 1000",
+        });
+    }
+    let count = usize::try_from(max.unwrap_or(1)).unwrap_or(1);
     let received = state.broker.receive(&queue, count, visibility).await?;
     if received.is_empty() {
         return Ok(soft_error("empty queue"));

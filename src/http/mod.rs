@@ -21,15 +21,26 @@ use crate::AppState;
 use crate::error::Error;
 
 /// Every route, with the body limit, the 404 and the 405 answers.
+///
+/// axum answers HEAD with the GET handler, dropping the body: on the routes
+/// whose GET takes messages (`/`, `/q/<q>`, `/c/<q>`, `/sse/<q>`) a HEAD would
+/// take them and deliver them to nobody. There HEAD gets 405, as in the
+/// original, whose handlers defined no `head`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     let guard = axum::middleware::from_fn_with_state(state.clone(), access::guard);
     Router::new()
-        .route("/", get(legacy::index).post(legacy::index_publish))
+        .route(
+            "/",
+            get(legacy::index)
+                .head(method_not_allowed)
+                .post(legacy::index_publish),
+        )
         .route("/q/", get(legacy::queue_list).post(legacy::no_queue))
         .route(
             "/q/{*queue}",
             get(legacy::queue_pop)
+                .head(method_not_allowed)
                 .post(legacy::queue_publish)
                 .delete(legacy::queue_purge),
         )
@@ -65,16 +76,16 @@ pub fn router(state: AppState) -> Router {
         .route("/j/", get(legacy::no_queue))
         .route("/j/{*queue}", get(legacy::job_view))
         .route("/c/", get(legacy::no_queue))
-        .route("/c/{*queue}", get(stream::comet))
+        .route("/c/{*queue}", get(stream::comet).head(method_not_allowed))
         .route("/sse/", get(legacy::no_queue))
-        .route("/sse/{*queue}", get(stream::sse))
+        .route("/sse/{*queue}", get(stream::sse).head(method_not_allowed))
         .route("/ws/", get(legacy::no_queue))
         .route("/ws/{*queue}", get(stream::websocket))
         .route("/static/{*path}", get(ui::asset))
         .route("/ui", get(ui::dashboard))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { Error::NotFound })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(guard)
         .layer(axum::middleware::from_fn_with_state(
@@ -82,4 +93,9 @@ pub fn router(state: AppState) -> Router {
             trace::span,
         ))
         .with_state(state)
+}
+
+/// The answer to a method a route does not have.
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
 }

@@ -336,8 +336,9 @@ pub async fn opens_stream(socket: &TcpStream) -> bool {
 /// the connection when the stream ends.
 pub async fn serve_raw(mut socket: TcpStream, peer: std::net::SocketAddr, state: AppState) {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
-        Ok(Some(head)) => head,
-        Ok(None) | Err(_) => return,
+        Ok(Ok(head)) => head,
+        Ok(Err(Some(error))) => return answer_error(&mut socket, &error).await,
+        Ok(Err(None)) | Err(_) => return,
     };
     let started = raw_request(&head, &state, peer).and_then(|request| request.start(&state));
     drop(head);
@@ -380,22 +381,22 @@ const MAX_HEAD: usize = 16 * 1024;
 /// How long the client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads the request head (up to the blank line); `None` if the client goes
-/// away or sends more than [`MAX_HEAD`] bytes of it.
-async fn read_head(socket: &mut TcpStream) -> Option<Vec<u8>> {
+/// Reads the request head (up to the blank line); the error to answer when it
+/// is longer than [`MAX_HEAD`], none when the client goes away.
+async fn read_head(socket: &mut TcpStream) -> Result<Vec<u8>, Option<Error>> {
     let mut head = Vec::with_capacity(PEEK_BYTES);
     let mut buf = [0u8; 512];
     loop {
-        let n = socket.read(&mut buf).await.ok()?;
+        let n = socket.read(&mut buf).await.map_err(|_| None)?;
         if n == 0 {
-            return None;
+            return Err(None);
         }
         head.extend_from_slice(&buf[..n]);
         if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Some(head);
+            return Ok(head);
         }
         if head.len() > MAX_HEAD {
-            return None;
+            return Err(Some(Error::HeadTooLarge { limit: MAX_HEAD }));
         }
     }
 }

@@ -75,6 +75,12 @@ impl Options {
     }
 }
 
+/// The instant `seconds` from now, at most a century away. A visibility is any
+/// non-negative integer, and adding u64::MAX seconds to an instant panics.
+fn after(seconds: u64) -> Instant {
+    Instant::now() + Duration::from_secs(seconds.min(crate::broker::LONGEST))
+}
+
 /// A message as an acknowledging socket sends it.
 #[derive(Serialize)]
 struct Delivered<'a> {
@@ -122,7 +128,7 @@ impl Outstanding {
                 for receipt in named {
                     if let (Some(seconds), Some((_, deadline))) = (seconds, self.0.get_mut(receipt))
                     {
-                        *deadline = Instant::now() + Duration::from_secs(seconds);
+                        *deadline = after(seconds);
                     }
                 }
             }
@@ -260,7 +266,7 @@ async fn deliver(
     if received.is_empty() {
         return Ok(false);
     }
-    let deadline = Instant::now() + Duration::from_secs(visibility);
+    let deadline = after(visibility);
     for (received, receipt) in received {
         let text = receipt.to_string();
         let frame = serde_json::to_string(&Delivered {

@@ -2,6 +2,7 @@
 //! free port with its own temporary data directory, and a real HTTP client.
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod redis_servers;
 
 use std::net::SocketAddr;

@@ -137,7 +137,8 @@ if max_len > 0 and remaining() + count > max_len then
   return {-1, max_len}
 end
 local now = tonumber(ARGV[5])
-local keep = tonumber(redis.call('HGET', CONFIG, 'retention') or '0')
+-- Retention is any u64; past a century (broker::LONGEST) it is forever.
+local keep = math.min(tonumber(redis.call('HGET', CONFIG, 'retention') or '0'), 3153600000)
 local ids = {}
 for i = 6, #ARGV, 3 do
   local n = redis.call('INCR', KEYS[9])
