@@ -13,9 +13,11 @@ pub mod error;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -35,6 +37,10 @@ pub struct AppState {
     pub max_wait: u64,
     /// Who may do what.
     pub access: Arc<acl::Access>,
+    /// Time a client has to send a request's body once its head arrived.
+    pub body_timeout: Duration,
+    /// How connections are accepted: TLS, timeouts, limits.
+    pub server: Arc<server::Settings>,
 }
 
 /// Why a server could not be set up.
@@ -46,11 +52,21 @@ pub enum OpenError {
     /// The access rules cannot be read.
     #[error(transparent)]
     Access(#[from] acl::AccessError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens the store described by `config` and builds the server's state. The
 /// Redis store connects lazily: it opens even while Redis is unreachable.
+/// The TLS identity, if any, is read and checked first, before the store opens.
 pub async fn open(config: &Config) -> Result<AppState, OpenError> {
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+    let server = Arc::new(server::Settings {
+        tls,
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    });
     let access = Arc::new(acl::Access::load(
         config.acl.as_deref(),
         config.trusted_proxies.as_deref(),
@@ -84,6 +100,8 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         max_body: config.max_body,
         max_wait: config.max_wait,
         access,
+        body_timeout: config.body_timeout,
+        server,
     })
 }
 

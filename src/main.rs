@@ -56,19 +56,22 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::from(&args);
-    let state = restmq::open(&config)
-        .await
-        .context("cannot open the store")?;
+    let config = Config::try_from(&args)?;
+    let state = restmq::open(&config).await.context("cannot start")?;
     let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
     let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         %addr,
         store = %state.broker.describe(),
         fsync = config.fsync,
-        "restmq listening on http://{addr}/"
+        "restmq listening on {scheme}://{addr}/"
     );
     restmq::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("restmq stopped");

@@ -3,27 +3,51 @@
 //! Events stream: that one is answered directly on the socket
 //! ([`crate::http::stream::serve_raw`]), since an idle stream then costs a few
 //! hundred bytes instead of hyper's per-connection buffers (about 24 KB).
+//!
+//! Both ways work over plain TCP and over TLS alike. Everything that may wait
+//! on a client (the TLS handshake, the first request's head) happens in the
+//! connection's own task under the header timeout, so the accept loop never
+//! waits on anyone. Past `max_connections`, a new connection gets a short 503
+//! and is closed, by a small task of its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::AppState;
+use crate::error::Error;
 use crate::http::stream;
 
 /// How long shutdown waits for streams and connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections refused for the limit that may be in the middle of being told
+/// so at once; past it, one more is closed without an answer. Each is short
+/// ([`REFUSAL_TIME`]) and small, and the bound keeps a flood from turning them
+/// into the very load the limit prevents.
+const MAX_REFUSING: usize = 256;
+/// Longest a refused connection is kept: to finish a TLS handshake, send the
+/// 503, and read what the client still sends (closing a socket with unread
+/// input resets it, and the client may lose the answer).
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// The first byte of a TLS record carrying a handshake (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+/// Bytes of a new connection read to recognise a stream request.
+const FIRST_LINE_BYTES: usize = 1024;
 /// Pause after a failed accept (out of file descriptors, say), so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -54,6 +78,18 @@ pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
             format!("{host} has no address"),
         )
     }))
+}
+
+/// How connections are accepted and bounded.
+#[derive(Clone)]
+pub struct Settings {
+    /// Serve HTTPS with this acceptor; plain HTTP without.
+    pub tls: Option<TlsAcceptor>,
+    /// Time a client has to finish the TLS handshake and send its first
+    /// request's head (hyper then gives each head as long again).
+    pub header_timeout: Duration,
+    /// Open connections, at most.
+    pub max_connections: usize,
 }
 
 /// Connections being served, to wait for at shutdown.
@@ -91,13 +127,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let router = crate::app(state.clone());
+    let settings = state.server.clone();
     let connections = Arc::new(Connections::default());
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
     let (stopping, stop) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    // The permit lives as long as the connection's task.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        refuse(socket, &settings, &refusals);
+                        continue;
+                    };
                     let state = state.clone();
                     let router = router.clone();
                     let stop = stop.clone();
@@ -105,6 +149,7 @@ pub async fn run(
                     tokio::spawn(async move {
                         connection(socket, peer, state, router, stop).await;
                         drop(tracked);
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -143,6 +188,44 @@ pub async fn run(
     Ok(())
 }
 
+/// Answers a connection past the limit with a 503 and closes it, in a task of
+/// its own so that the accept loop goes on at once.
+fn refuse(socket: TcpStream, settings: &Settings, refusals: &Arc<Semaphore>) {
+    let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+        tracing::debug!("too many connections refused at once: closing one unanswered");
+        return;
+    };
+    let error = Error::TooManyConnections {
+        limit: settings.max_connections,
+    };
+    tracing::debug!(%error, "connection refused");
+    let tls = settings.tls.clone();
+    tokio::spawn(async move {
+        let answer = async {
+            match tls {
+                None => answer_and_close(socket, &error).await,
+                Some(acceptor) => {
+                    if let Ok(socket) = acceptor.accept(socket).await {
+                        answer_and_close(socket, &error).await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
+        drop(refusing);
+    });
+}
+
+/// Sends `error` as the whole answer, then reads and drops what the client
+/// still sends until it closes: closing with unread input would reset the
+/// connection, and the client could lose the answer. The caller bounds the time.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, error: &Error) {
+    stream::answer_error(&mut socket, error).await;
+    let _ = socket.shutdown().await;
+    let mut buf = [0u8; 512];
+    while let Ok(1..) = socket.read(&mut buf).await {}
+}
+
 async fn connection(
     socket: TcpStream,
     peer: SocketAddr,
@@ -152,17 +235,67 @@ async fn connection(
 ) {
     // Small writes (a streamed message, an answer) must not wait for Nagle.
     let _ = socket.set_nodelay(true);
+    let settings = state.server.clone();
+    let deadline = Instant::now() + settings.header_timeout;
+    let Some(acceptor) = &settings.tls else {
+        return serve(socket, peer, deadline, state, router, stop).await;
+    };
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match socket.peek(&mut first).await {
+            Ok(1) if first[0] != TLS_HANDSHAKE => return Err(Some(socket)),
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+        acceptor.accept(socket).await.map_err(|e| {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        })
+    };
+    let shaken = tokio::select! {
+        shaken = tokio::time::timeout_at(deadline, handshake) => shaken,
+        _ = stop.changed() => return,
+    };
+    match shaken {
+        Ok(Ok(tls)) => serve(tls, peer, deadline, state, router, stop).await,
+        // Not TLS at all: most likely plain HTTP, which can be told what to do.
+        Ok(Err(Some(plain))) => {
+            let _ =
+                tokio::time::timeout(REFUSAL_TIME, answer_and_close(plain, &Error::TlsRequired))
+                    .await;
+        }
+        Ok(Err(None)) => {}
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves a connection (TCP or TLS) whose first request's head must begin
+/// before `deadline`.
+async fn serve<S>(
+    mut io: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    state: AppState,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Clients open connections they may never use (a pool racing a new connection
     // against an idle one): waiting for a first request gives way to shutdown and
     // to the header timeout, as hyper's own wait does.
-    let opens = tokio::select! {
-        opens = tokio::time::timeout(HEADER_TIMEOUT, stream::opens_stream(&socket)) => opens,
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, first_line(&mut io)) => first,
         _ = stop.changed() => return,
     };
-    match opens {
-        Ok(true) => return stream::serve_raw(socket, peer, state).await,
-        Ok(false) => {}
-        Err(_) => return,
+    let first = match first {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(_) => return,
+    };
+    let opens_stream = stream::opens_stream(&first);
+    let io = Rewind::new(first, io);
+    if opens_stream {
+        return stream::serve_raw(io, peer, deadline, state).await;
     }
     // Handlers learn the peer's address as axum's `ConnectInfo`.
     let service = TowerToHyperService::new(WithPeer { router, peer });
@@ -171,8 +304,8 @@ async fn connection(
     let mut conn = Box::pin(
         http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(socket), service)
+            .header_read_timeout(state.server.header_timeout)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),
     );
     let served = tokio::select! {
@@ -185,6 +318,85 @@ async fn connection(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Reads the start of a connection: up to the end of the first line, or
+/// [`FIRST_LINE_BYTES`]; `None` if the client goes away before sending anything.
+async fn first_line<S: AsyncRead + Unpin>(io: &mut S) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(FIRST_LINE_BYTES);
+    loop {
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) if buf.is_empty() => return None,
+            Ok(0) | Err(_) => return Some(buf.freeze()),
+            Ok(_) => {}
+        }
+        if buf.len() >= FIRST_LINE_BYTES || buf.windows(2).any(|w| w == b"\r\n") {
+            return Some(buf.freeze());
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: it gives them back
+/// before reading on.
+struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    fn new(prefix: Bytes, inner: S) -> Rewind<S> {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Frees the buffer now rather than with the connection.
+            self.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
