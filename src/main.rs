@@ -29,6 +29,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at startup: the size of the serve options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the queues over HTTP (the default).

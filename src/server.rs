@@ -44,6 +44,8 @@ const MAX_REFUSING: usize = 256;
 /// 503, and read what the client still sends (closing a socket with unread
 /// input resets it, and the client may lose the answer).
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// Bytes of a refused connection's request read, at most, before answering.
+const REFUSED_HEAD: usize = 16 * 1024;
 /// The first byte of a TLS record carrying a handshake (the ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
 /// Bytes of a new connection read to recognise a stream request.
@@ -216,13 +218,23 @@ fn refuse(socket: TcpStream, settings: &Settings, refusals: &Arc<Semaphore>) {
     });
 }
 
-/// Sends `error` as the whole answer, then reads and drops what the client
-/// still sends until it closes: closing with unread input would reset the
+/// Answers the client's first request with `error`, then reads and drops what
+/// it still sends until it closes: closing with unread input would reset the
 /// connection, and the client could lose the answer. The caller bounds the time.
 async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, error: &Error) {
+    // Clients (hyper's among them) take an answer that comes before their
+    // request for a broken connection: wait for the request's head first.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > REFUSED_HEAD || head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    drop(head);
     stream::answer_error(&mut socket, error).await;
     let _ = socket.shutdown().await;
-    let mut buf = [0u8; 512];
     while let Ok(1..) = socket.read(&mut buf).await {}
 }
 

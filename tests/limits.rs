@@ -164,6 +164,14 @@ async fn connections_past_the_limit_get_503_and_the_server_goes_on() {
         assert!(error.contains("too many connections"), "{error}");
         assert!(error.contains(&limit.to_string()), "{error}");
     }
+    // An ordinary client is told the same.
+    let refused = reqwest::Client::new()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
     drop(held);
     // The held connections are released as the server sees them close.
     eventually("a fresh client served once the others left", || async {
