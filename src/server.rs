@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::Either;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -130,6 +131,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let router = crate::app(state.clone());
     let settings = state.server.clone();
+    warn_if_files_run_out(settings.max_connections);
     let connections = Arc::new(Connections::default());
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
@@ -148,8 +150,9 @@ pub async fn run(
                     let router = router.clone();
                     let stop = stop.clone();
                     let tracked = Tracked::new(&connections);
+                    let served = connection(socket, peer, state, router, stop);
                     tokio::spawn(async move {
-                        connection(socket, peer, state, router, stop).await;
+                        served.await;
                         drop(tracked);
                         drop(permit);
                     });
@@ -188,6 +191,30 @@ pub async fn run(
         tracing::error!(error = %e, "closing the store failed");
     }
     Ok(())
+}
+
+/// Open files the server needs besides its connections: its store, Redis
+/// connections, the listener, the connections being refused.
+const SPARE_FILES: u64 = 256 + MAX_REFUSING as u64;
+
+/// Warns when the open-file limit is reached before `max_connections`: past
+/// it `accept` fails, and new clients get no answer at all, not even a 503.
+fn warn_if_files_run_out(max_connections: usize) {
+    let Some((soft, _)) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| crate::bench::parse_file_limit(&limits))
+    else {
+        return;
+    };
+    let needed = (max_connections as u64).saturating_add(SPARE_FILES);
+    if soft < needed {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            "the open-file limit is lower than --max-connections needs ({needed}): \
+             raise it (ulimit -n) or lower --max-connections, or clients past it get no answer"
+        );
+    }
 }
 
 /// Answers a connection past the limit with a 503 and closes it, in a task of
@@ -238,20 +265,38 @@ async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, erro
     while let Ok(1..) = socket.read(&mut buf).await {}
 }
 
-async fn connection(
+/// The task serving a connection. Not an async fn: its future is the serving
+/// one itself, so that a plain connection's task holds nothing more.
+fn connection(
     socket: TcpStream,
     peer: SocketAddr,
     state: AppState,
     router: Router,
-    mut stop: watch::Receiver<bool>,
-) {
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
     // Small writes (a streamed message, an answer) must not wait for Nagle.
     let _ = socket.set_nodelay(true);
-    let settings = state.server.clone();
-    let deadline = Instant::now() + settings.header_timeout;
-    let Some(acceptor) = &settings.tls else {
-        return serve(socket, peer, deadline, state, router, stop).await;
-    };
+    let deadline = Instant::now() + state.server.header_timeout;
+    match state.server.tls.clone() {
+        None => Either::Left(serve(socket, peer, deadline, state, router, stop)),
+        // Boxed: a TLS session takes several kilobytes, which a plain
+        // connection's task (an idle stream's, say) must not carry.
+        Some(acceptor) => Either::Right(Box::pin(serve_tls(
+            acceptor, socket, peer, deadline, state, router, stop,
+        ))),
+    }
+}
+
+/// Completes the TLS handshake before `deadline`, then serves the connection.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    socket: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+    state: AppState,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let handshake = async {
         let mut first = [0u8; 1];
         match socket.peek(&mut first).await {
