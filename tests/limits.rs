@@ -48,11 +48,13 @@ fn has_header(answer: &str, name: &str, value: &str) -> bool {
 }
 
 /// Sends `start`, then trickles `rest` one byte per `pace`, never finishing
-/// the request's head; true once the server closed the connection.
+/// the request's head; counts itself in `started` once it has sent its first
+/// byte, and returns true once the server closed the connection.
 async fn loris(
     addr: std::net::SocketAddr,
     (start, rest): (&'static [u8], &'static [u8]),
     pace: Duration,
+    started: &AtomicUsize,
 ) -> bool {
     let Ok(mut socket) = TcpStream::connect(addr).await else {
         return false;
@@ -62,9 +64,13 @@ async fn loris(
         if writer.write_all(start).await.is_err() {
             return;
         }
+        let mut first = true;
         for byte in rest {
             if writer.write_all(&[*byte]).await.is_err() {
                 return;
+            }
+            if std::mem::take(&mut first) {
+                started.fetch_add(1, Ordering::SeqCst);
             }
             tokio::time::sleep(pace).await;
         }
@@ -88,7 +94,7 @@ async fn loris(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_clients_are_dropped_and_others_are_served_meanwhile() {
-    let server = server_with(|c| c.header_timeout = Duration::from_secs(1)).await;
+    let server = server_with(|c| c.header_timeout = Duration::from_secs(2)).await;
     // Three kinds: a request line never finished (before hyper), headers never
     // finished (in hyper), a stream request's headers never finished (the raw
     // stream path). Each sends a byte every 100 ms, far slower than the timeout.
@@ -101,27 +107,41 @@ async fn slow_loris_clients_are_dropped_and_others_are_served_meanwhile() {
         (b"GET /q/loris HTTP/1.1\r\nHost: x\r\n", trickled),
         (b"GET /c/loris HTTP/1.1\r\nHost: x\r\n", trickled),
     ];
+    let started = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let count = 48;
     let mut lorises = Vec::new();
     for i in 0..count {
+        let started = started.clone();
         let closed = closed.clone();
         let head = heads[i % heads.len()];
         let addr = server.addr;
         lorises.push(tokio::spawn(async move {
-            if loris(addr, head, Duration::from_millis(100)).await {
+            if loris(addr, head, Duration::from_millis(100), &started).await {
                 closed.fetch_add(1, Ordering::SeqCst);
             }
         }));
     }
-    // Meanwhile a well-behaved client is answered promptly, request after request.
-    for i in 0..20 {
-        let value = format!("v{i}");
-        let answer = tokio::time::timeout(Duration::from_secs(2), server.publish("loris", &value))
-            .await
-            .expect("a publish is answered while slow clients hang on");
-        assert_eq!(answer, format!("loris:{}", i + 1));
-    }
+    eventually("every slow client sending", || async {
+        (started.load(Ordering::SeqCst) == count).then_some(())
+    })
+    .await;
+    // Meanwhile a well-behaved client is served, request after request, while
+    // every slow client still holds its connection.
+    let served = async {
+        for i in 0..10 {
+            let key = server.publish("loris", &format!("v{i}")).await;
+            assert_eq!(key, format!("loris:{}", i + 1));
+        }
+    };
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("publishes answered while slow clients hang on");
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the publishes waited for slow clients to be dropped"
+    );
     eventually("every slow client dropped by the server", || async {
         (closed.load(Ordering::SeqCst) == count).then_some(())
     })

@@ -105,6 +105,11 @@ async fn send(
     }
     let body = Full::new(Bytes::from(form.unwrap_or("").to_owned()));
     let request = request.body(body).expect("a request");
+    // The previous exchange on the connection may still be finishing.
+    sender
+        .ready()
+        .await
+        .expect("the connection takes a request");
     tokio::time::timeout(DEADLINE, sender.send_request(request))
         .await
         .expect("an answer within the deadline")
