@@ -1400,7 +1400,7 @@ fn fresh_queue() -> String {
 
 /// The soft limit on open files (`u64::MAX` when unlimited) and the hard one
 /// as shown, read from the text of `/proc/self/limits`.
-fn parse_file_limit(limits: &str) -> Option<(u64, String)> {
+pub(crate) fn parse_file_limit(limits: &str) -> Option<(u64, String)> {
     let line = limits
         .lines()
         .find_map(|line| line.strip_prefix("Max open files"))?;

@@ -1,6 +1,7 @@
 //! Server settings: command-line flags, each also an environment variable.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -13,6 +14,20 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_MAX_WAIT: u64 = 20;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
 const MAX_BODY_CEILING: u64 = 1 << 30;
+/// Default time a client has to send a request's head, in seconds.
+pub const DEFAULT_HEADER_TIMEOUT: u64 = 10;
+/// Default time a client has to send a request's body, in seconds.
+pub const DEFAULT_BODY_TIMEOUT: u64 = 30;
+/// Default limit of open connections.
+///
+/// Past the process's open-file limit the kernel refuses `accept` itself, and
+/// then no client gets an answer; below this limit every extra one still gets a
+/// clear 503. 16384 stays above the 10,000 idle streams restmq is measured with
+/// (and matches the nginx baseline's `worker_connections`), while the memory
+/// it allows stays bounded: an idle stream costs a few hundred bytes, a
+/// connection served by hyper about 24 KB, so at most about 400 MB. Raise
+/// `ulimit -n` above the limit chosen.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +134,60 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_timeout: u64,
 
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate
+    /// first); needs --tls-key.
+    #[arg(
+        long,
+        env = "RESTMQ_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "RESTMQ_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds a client has to send a request's head (and to finish the TLS
+    /// handshake); a connection that takes longer is closed. An idle keep-alive
+    /// connection is closed after as long.
+    #[arg(long, env = "RESTMQ_HEADER_TIMEOUT", value_name = "SECS",
+          default_value_t = DEFAULT_HEADER_TIMEOUT,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+
+    /// Seconds a client has to send a request's body once its head arrived;
+    /// past it the request gets 408.
+    #[arg(long, env = "RESTMQ_BODY_TIMEOUT", value_name = "SECS",
+          default_value_t = DEFAULT_BODY_TIMEOUT,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout: u64,
+
+    /// Open connections, at most; each one past it is answered 503 with
+    /// Retry-After and closed. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "RESTMQ_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_connections: u32,
+
+    /// Streaming consumers (COMET, SSE, WebSocket) of all queues together, at
+    /// most; one more gets 503 with Retry-After. Unset: only --max-connections
+    /// bounds them.
+    #[arg(long, env = "RESTMQ_MAX_CONSUMERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_consumers: Option<u32>,
+
+    /// Streaming consumers of one queue, at most; one more gets 503 with
+    /// Retry-After. Unset: no limit per queue.
+    #[arg(long, env = "RESTMQ_MAX_CONSUMERS_PER_QUEUE", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_consumers_per_queue: Option<u32>,
+
     /// Acknowledge changes once written to the operating system, without waiting
     /// for the disk (no fsync). A crash of restmq still loses nothing; a crash of
     /// the machine can lose the changes of the last seconds.
@@ -133,6 +202,15 @@ pub enum Storage {
     Embedded,
     /// Redis.
     Redis(RedisTarget),
+}
+
+/// The files of a TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Validated settings of a server.
@@ -156,6 +234,14 @@ pub struct Config {
     pub acl: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<String>,
+    /// Serve HTTPS with this identity; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// Time a client has to send a request's head (and finish the TLS handshake).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// Open connections, at most.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -171,12 +257,26 @@ impl Config {
             streams: StreamLimits::default(),
             acl: None,
             trusted_proxies: None,
+            tls: None,
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT),
+            body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
-impl From<&ServeArgs> for Config {
-    fn from(args: &ServeArgs) -> Config {
+/// Why flags do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// One TLS file named without the other.
+    #[error("--tls-cert and --tls-key go together: {0} is missing")]
+    TlsIncomplete(&'static str),
+}
+
+impl TryFrom<&ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: &ServeArgs) -> Result<Config, ConfigError> {
         let storage = if !args.redis_cluster.is_empty() {
             Storage::Redis(RedisTarget::Cluster(args.redis_cluster.clone()))
         } else if !args.redis.is_empty() {
@@ -187,11 +287,20 @@ impl From<&ServeArgs> for Config {
         } else {
             Storage::Embedded
         };
-        Config {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (Some(_), None) => return Err(ConfigError::TlsIncomplete("--tls-key")),
+            (None, Some(_)) => return Err(ConfigError::TlsIncomplete("--tls-cert")),
+            (None, None) => None,
+        };
+        Ok(Config {
             storage,
             redis: RedisOptions {
                 pool: args.redis_pool as usize,
-                timeout: std::time::Duration::from_millis(args.redis_timeout),
+                timeout: Duration::from_millis(args.redis_timeout),
             },
             data_dir: args.data_dir.clone(),
             max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
@@ -200,9 +309,15 @@ impl From<&ServeArgs> for Config {
             streams: StreamLimits {
                 consumer_buffer: args.stream_buffer as usize,
                 resume_buffer: args.resume_buffer as usize,
+                max_consumers: args.max_consumers.map(|n| n as usize),
+                max_queue_consumers: args.max_consumers_per_queue.map(|n| n as usize),
             },
             acl: args.acl.clone(),
             trusted_proxies: args.trusted_proxies.clone(),
-        }
+            tls,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            max_connections: args.max_connections as usize,
+        })
     }
 }

@@ -44,6 +44,15 @@ pub enum Error {
     /// A request body that could not be read.
     #[error("cannot read the request body: {0}")]
     BadBody(String),
+    /// A request body that did not arrive whole in time (`--body-timeout`).
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout {
+        /// The limit, in seconds.
+        seconds: f64,
+    },
+    /// A plain HTTP request sent to a port that speaks TLS.
+    #[error("this port speaks HTTPS: send the request over TLS")]
+    TlsRequired,
     /// `GET /?queue=` found the queue empty (the original answers 404 there).
     #[error("queue is empty")]
     EmptyQueue,
@@ -59,6 +68,27 @@ pub enum Error {
     /// The server is shutting down and takes no new streams.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The server holds as many connections as it may (`--max-connections`).
+    #[error("too many connections: the server's limit of {limit} is reached; retry later")]
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// The server has as many streaming consumers as it may (`--max-consumers`).
+    #[error("too many streaming consumers: the server's limit of {limit} is reached; retry later")]
+    TooManyConsumers {
+        /// The limit.
+        limit: usize,
+    },
+    /// The queue has as many streaming consumers as it may
+    /// (`--max-consumers-per-queue`).
+    #[error(
+        "too many streaming consumers of this queue: the limit of {limit} per queue is reached; retry later"
+    )]
+    TooManyQueueConsumers {
+        /// The limit.
+        limit: usize,
+    },
     /// No route answers this path.
     #[error("not found")]
     NotFound,
@@ -102,10 +132,15 @@ impl Error {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BadBody(_) => StatusCode::BAD_REQUEST,
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Error::TlsRequired => StatusCode::BAD_REQUEST,
             Error::EmptyQueue => StatusCode::NOT_FOUND,
             Error::StaleReceipts(_) => StatusCode::CONFLICT,
             Error::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyConsumers { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyQueueConsumers { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -122,7 +157,10 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if self.is_limit() {
+            // Expected under load, and answered clearly: not worth an error line each.
+            tracing::debug!(error = %self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
         let mut body = serde_json::json!({ "error": self.to_string() });
@@ -139,11 +177,32 @@ impl IntoResponse for Error {
     }
 }
 
+/// Seconds a client refused for a limit is told to wait (`Retry-After`): a
+/// stream or connection is usually freed within that.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 impl Error {
-    /// Headers the answer carries besides its body: the challenges of a 401.
+    /// Whether this refuses a client for a limit of the server, to retry later.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Error::TooManyConnections { .. }
+                | Error::TooManyConsumers { .. }
+                | Error::TooManyQueueConsumers { .. }
+        )
+    }
+
+    /// Headers the answer carries besides its body: the challenges of a 401,
+    /// the `Retry-After` of a refusal for a limit.
     pub fn headers(&self) -> Vec<(axum::http::HeaderName, String)> {
         let www = axum::http::header::WWW_AUTHENTICATE;
         match self {
+            Error::TooManyConnections { .. }
+            | Error::TooManyConsumers { .. }
+            | Error::TooManyQueueConsumers { .. } => vec![(
+                axum::http::header::RETRY_AFTER,
+                RETRY_AFTER_SECS.to_string(),
+            )],
             Error::Unauthorized { basic, bearer } => {
                 let mut headers = Vec::new();
                 if *basic {

@@ -17,9 +17,11 @@ pub mod metrics;
 mod progress;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -41,6 +43,10 @@ pub struct AppState {
     pub access: Arc<acl::Access>,
     /// Counters and latencies, for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Time a client has to send a request's body once its head arrived.
+    pub body_timeout: Duration,
+    /// How connections are accepted: TLS, timeouts, limits.
+    pub server: Arc<server::Settings>,
 }
 
 /// Why a server could not be set up.
@@ -52,11 +58,21 @@ pub enum OpenError {
     /// The access rules cannot be read.
     #[error(transparent)]
     Access(#[from] acl::AccessError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens the store described by `config` and builds the server's state. The
 /// Redis store connects lazily: it opens even while Redis is unreachable.
+/// The TLS identity, if any, is read and checked first, before the store opens.
 pub async fn open(config: &Config) -> Result<AppState, OpenError> {
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+    let server = Arc::new(server::Settings {
+        tls,
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    });
     let access = Arc::new(acl::Access::load(
         config.acl.as_deref(),
         config.trusted_proxies.as_deref(),
@@ -93,6 +109,8 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         max_body: config.max_body,
         max_wait: config.max_wait,
         access,
+        body_timeout: config.body_timeout,
+        server,
     })
 }
 

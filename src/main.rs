@@ -31,6 +31,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at startup: the size of the serve options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the queues over HTTP (the default).
@@ -119,17 +121,22 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::from(&args);
+    let config = Config::try_from(&args)?;
     let state = restmq::open(&config).await.context("cannot start")?;
     let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
     let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         %addr,
         store = %state.broker.describe(),
         fsync = config.fsync,
-        "restmq listening on http://{addr}/"
+        "restmq listening on {scheme}://{addr}/"
     );
     if state.access.rules().is_open() && !addr.ip().is_loopback() {
         tracing::warn!(

@@ -3,28 +3,55 @@
 //! Events stream: that one is answered directly on the socket
 //! ([`crate::http::stream::serve_raw`]), since an idle stream then costs a few
 //! hundred bytes instead of hyper's per-connection buffers (about 24 KB).
+//!
+//! Both ways work over plain TCP and over TLS alike. Everything that may wait
+//! on a client (the TLS handshake, the first request's head) happens in the
+//! connection's own task under the header timeout, so the accept loop never
+//! waits on anyone. Past `max_connections`, a new connection gets a short 503
+//! and is closed, by a small task of its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::Either;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::error::Error;
 use crate::http::stream;
 
 /// How long shutdown waits for streams and connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections refused for the limit that may be in the middle of being told
+/// so at once; past it, one more is closed without an answer. Each is short
+/// ([`REFUSAL_TIME`]) and small, and the bound keeps a flood from turning them
+/// into the very load the limit prevents.
+const MAX_REFUSING: usize = 256;
+/// Longest a refused connection is kept: to finish a TLS handshake, send the
+/// 503, and read what the client still sends (closing a socket with unread
+/// input resets it, and the client may lose the answer).
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// Bytes of a refused connection's request read, at most, before answering.
+const REFUSED_HEAD: usize = 16 * 1024;
+/// The first byte of a TLS record carrying a handshake (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+/// Bytes of a new connection read to recognise a stream request.
+const FIRST_LINE_BYTES: usize = 1024;
 /// Pause after a failed accept (out of file descriptors, say), so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -55,6 +82,18 @@ pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
             format!("{host} has no address"),
         )
     }))
+}
+
+/// How connections are accepted and bounded.
+#[derive(Clone)]
+pub struct Settings {
+    /// Serve HTTPS with this acceptor; plain HTTP without.
+    pub tls: Option<TlsAcceptor>,
+    /// Time a client has to finish the TLS handshake and send its first
+    /// request's head (hyper then gives each head as long again).
+    pub header_timeout: Duration,
+    /// Open connections, at most.
+    pub max_connections: usize,
 }
 
 /// Connections being served, to wait for at shutdown.
@@ -92,20 +131,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let router = crate::app(state.clone());
+    let settings = state.server.clone();
+    warn_if_files_run_out(settings.max_connections);
     let connections = Arc::new(Connections::default());
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
     let (stopping, stop) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    // The permit lives as long as the connection's task.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        refuse(socket, &settings, &refusals);
+                        continue;
+                    };
                     let state = state.clone();
                     let router = router.clone();
                     let stop = stop.clone();
                     let tracked = Tracked::new(&connections);
+                    let served = connection(socket, peer, state, router, stop);
                     tokio::spawn(async move {
-                        connection(socket, peer, state, router, stop).await;
+                        served.await;
                         drop(tracked);
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -144,36 +194,174 @@ pub async fn run(
     Ok(())
 }
 
-async fn connection(
+/// Open files the server needs besides its connections: its store, Redis
+/// connections, the listener, the connections being refused.
+const SPARE_FILES: u64 = 256 + MAX_REFUSING as u64;
+
+/// Warns when the open-file limit is reached before `max_connections`: past
+/// it `accept` fails, and new clients get no answer at all, not even a 503.
+fn warn_if_files_run_out(max_connections: usize) {
+    let Some((soft, _)) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| crate::bench::parse_file_limit(&limits))
+    else {
+        return;
+    };
+    let needed = (max_connections as u64).saturating_add(SPARE_FILES);
+    if soft < needed {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            "the open-file limit is lower than --max-connections needs ({needed}): \
+             raise it (ulimit -n) or lower --max-connections, or clients past it get no answer"
+        );
+    }
+}
+
+/// Answers a connection past the limit with a 503 and closes it, in a task of
+/// its own so that the accept loop goes on at once.
+fn refuse(socket: TcpStream, settings: &Settings, refusals: &Arc<Semaphore>) {
+    let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+        tracing::debug!("too many connections refused at once: closing one unanswered");
+        return;
+    };
+    let error = Error::TooManyConnections {
+        limit: settings.max_connections,
+    };
+    tracing::debug!(%error, "connection refused");
+    let tls = settings.tls.clone();
+    tokio::spawn(async move {
+        let answer = async {
+            match tls {
+                None => answer_and_close(socket, &error).await,
+                Some(acceptor) => {
+                    if let Ok(socket) = acceptor.accept(socket).await {
+                        answer_and_close(socket, &error).await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
+        drop(refusing);
+    });
+}
+
+/// Answers the client's first request with `error`, then reads and drops what
+/// it still sends until it closes: closing with unread input would reset the
+/// connection, and the client could lose the answer. The caller bounds the time.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, error: &Error) {
+    // Clients (hyper's among them) take an answer that comes before their
+    // request for a broken connection: wait for the request's head first.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > REFUSED_HEAD || head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    drop(head);
+    stream::answer_error(&mut socket, error).await;
+    let _ = socket.shutdown().await;
+    while let Ok(1..) = socket.read(&mut buf).await {}
+}
+
+/// The task serving a connection. Not an async fn: its future is the serving
+/// one itself, so that a plain connection's task holds nothing more.
+fn connection(
     socket: TcpStream,
     peer: SocketAddr,
     state: AppState,
     router: Router,
-    mut stop: watch::Receiver<bool>,
-) {
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
     // Small writes (a streamed message, an answer) must not wait for Nagle.
     let _ = socket.set_nodelay(true);
+    let deadline = Instant::now() + state.server.header_timeout;
+    match state.server.tls.clone() {
+        None => Either::Left(serve(socket, peer, deadline, state, router, stop)),
+        // Boxed: a TLS session takes several kilobytes, which a plain
+        // connection's task (an idle stream's, say) must not carry.
+        Some(acceptor) => Either::Right(Box::pin(serve_tls(
+            acceptor, socket, peer, deadline, state, router, stop,
+        ))),
+    }
+}
+
+/// Completes the TLS handshake before `deadline`, then serves the connection.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    socket: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+    state: AppState,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match socket.peek(&mut first).await {
+            Ok(1) if first[0] != TLS_HANDSHAKE => return Err(Some(socket)),
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+        acceptor.accept(socket).await.map_err(|e| {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        })
+    };
+    let shaken = tokio::select! {
+        shaken = tokio::time::timeout_at(deadline, handshake) => shaken,
+        _ = stop.changed() => return,
+    };
+    match shaken {
+        Ok(Ok(tls)) => serve(tls, peer, deadline, state, router, stop).await,
+        // Not TLS at all: most likely plain HTTP, which can be told what to do.
+        Ok(Err(Some(plain))) => {
+            let _ =
+                tokio::time::timeout(REFUSAL_TIME, answer_and_close(plain, &Error::TlsRequired))
+                    .await;
+        }
+        Ok(Err(None)) => {}
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves a connection (TCP or TLS) whose first request's head must begin
+/// before `deadline`.
+async fn serve<S>(
+    mut io: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    state: AppState,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Clients open connections they may never use (a pool racing a new connection
     // against an idle one): waiting for a first request gives way to shutdown and
     // to the header timeout, as hyper's own wait does.
-    let opens = tokio::select! {
-        opens = tokio::time::timeout(HEADER_TIMEOUT, stream::opens_stream(&socket)) => opens,
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, first_line(&mut io)) => first,
         _ = stop.changed() => return,
     };
-    match opens {
-        Ok(true) => {
-            let span = tracing::info_span!(
-                "request",
-                method = "GET",
-                path = tracing::field::Empty,
-                client = %peer.ip(),
-            );
-            return stream::serve_raw(socket, peer, state)
-                .instrument(span)
-                .await;
-        }
-        Ok(false) => {}
-        Err(_) => return,
+    let first = match first {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(_) => return,
+    };
+    let opens_stream = stream::opens_stream(&first);
+    let io = Rewind::new(first, io);
+    if opens_stream {
+        let span = tracing::info_span!(
+            "request",
+            method = "GET",
+            path = tracing::field::Empty,
+            client = %peer.ip(),
+        );
+        return stream::serve_raw(io, peer, deadline, state)
+            .instrument(span)
+            .await;
     }
     // Handlers learn the peer's address as axum's `ConnectInfo`.
     let service = TowerToHyperService::new(WithPeer { router, peer });
@@ -182,8 +370,8 @@ async fn connection(
     let mut conn = Box::pin(
         http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(socket), service)
+            .header_read_timeout(state.server.header_timeout)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),
     );
     let served = tokio::select! {
@@ -196,6 +384,85 @@ async fn connection(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Reads the start of a connection: up to the end of the first line, or
+/// [`FIRST_LINE_BYTES`]; `None` if the client goes away before sending anything.
+async fn first_line<S: AsyncRead + Unpin>(io: &mut S) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(FIRST_LINE_BYTES);
+    loop {
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) if buf.is_empty() => return None,
+            Ok(0) | Err(_) => return Some(buf.freeze()),
+            Ok(_) => {}
+        }
+        if buf.len() >= FIRST_LINE_BYTES || buf.windows(2).any(|w| w == b"\r\n") {
+            return Some(buf.freeze());
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: it gives them back
+/// before reading on.
+struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    fn new(prefix: Bytes, inner: S) -> Rewind<S> {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Frees the buffer now rather than with the connection.
+            self.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

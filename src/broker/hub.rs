@@ -39,6 +39,11 @@ pub struct StreamLimits {
     pub consumer_buffer: usize,
     /// Recently streamed messages kept per queue for SSE clients that resume.
     pub resume_buffer: usize,
+    /// Consumers of every queue together, at most; `None`: no limit but the
+    /// connections'.
+    pub max_consumers: Option<usize>,
+    /// Consumers of one queue, at most; `None`: no limit of its own.
+    pub max_queue_consumers: Option<usize>,
 }
 
 impl Default for StreamLimits {
@@ -46,8 +51,27 @@ impl Default for StreamLimits {
         StreamLimits {
             consumer_buffer: 1000,
             resume_buffer: 100,
+            max_consumers: None,
+            max_queue_consumers: None,
         }
     }
+}
+
+/// Why a consumer was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The server has [`StreamLimits::max_consumers`] consumers already.
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
+    /// The queue has [`StreamLimits::max_queue_consumers`] consumers already.
+    TooManyOfQueue {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Why a stream ended.
@@ -252,6 +276,9 @@ struct Slot {
     arrivals: Arc<Notify>,
     /// Long-polling requests parked on the queue now.
     waiting: AtomicUsize,
+    /// Subscriptions of the queue alive (ended ones included until dropped),
+    /// for [`StreamLimits::max_queue_consumers`].
+    subscribed: AtomicUsize,
     streams: Mutex<Streams>,
 }
 
@@ -355,9 +382,8 @@ impl Drop for Subscription {
         }
         // Lets the dispatcher drop this consumer, and stop if it was the last.
         self.slot.wake.notify_one();
-        if self.hub.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.hub.idle.notify_waiters();
-        }
+        self.slot.subscribed.fetch_sub(1, Ordering::AcqRel);
+        self.hub.release();
     }
 }
 
@@ -402,30 +428,49 @@ impl Hub {
         self.inner.kick(queue);
     }
 
-    /// Registers a consumer of `queue`; `None` when the server is shutting down.
-    pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Option<Subscription> {
+    /// Registers a consumer of `queue`; refused when shutting down or when a
+    /// consumer limit is reached.
+    pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Result<Subscription, Refused> {
         self.register(queue, resume, false)
     }
 
     /// Registers a consumer of `queue` that takes its messages itself: it is
-    /// counted and ended (queue deleted, shutdown) like the others, but fed
-    /// nothing. `None` when the server is shutting down.
-    pub fn watch(&self, queue: &QueueName) -> Option<Subscription> {
+    /// counted, limited and ended (queue deleted, shutdown) like the others, but
+    /// fed nothing.
+    pub fn watch(&self, queue: &QueueName) -> Result<Subscription, Refused> {
         self.register(queue, Resume::Live, true)
     }
 
-    fn register(&self, queue: &QueueName, resume: Resume, passive: bool) -> Option<Subscription> {
+    fn register(
+        &self,
+        queue: &QueueName,
+        resume: Resume,
+        passive: bool,
+    ) -> Result<Subscription, Refused> {
         let inner = &self.inner;
         if inner.closing.load(Ordering::Acquire) {
-            return None;
+            return Err(Refused::ShuttingDown);
         }
         let slot = inner.slot(queue);
+        // Each count is taken only if it stays within its limit, so that
+        // consumers registering at once cannot together go past it.
+        let limits = inner.limits;
+        if !take_one(&inner.live, limits.max_consumers) {
+            return Err(Refused::TooMany {
+                limit: limits.max_consumers.unwrap_or(usize::MAX),
+            });
+        }
+        if !take_one(&slot.subscribed, limits.max_queue_consumers) {
+            inner.release();
+            return Err(Refused::TooManyOfQueue {
+                limit: limits.max_queue_consumers.unwrap_or(usize::MAX),
+            });
+        }
         let (tx, rx) = mpsc::channel(inner.limits.consumer_buffer.max(1));
         let link = Arc::new(Link {
             end: AtomicU8::new(0),
             ended: Notify::new(),
         });
-        inner.live.fetch_add(1, Ordering::AcqRel);
         let mut replay = VecDeque::new();
         let mut gap = None;
         let spawn = {
@@ -454,7 +499,7 @@ impl Hub {
         } else {
             slot.wake.notify_one();
         }
-        Some(Subscription {
+        Ok(Subscription {
             replay,
             gap,
             rx,
@@ -584,7 +629,24 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Adds one to `count` unless that would take it past `limit`; true when added.
+fn take_one(count: &AtomicUsize, limit: Option<usize>) -> bool {
+    let limit = limit.unwrap_or(usize::MAX);
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl Inner {
+    /// A subscription is gone: uncounts it, and wakes shutdown when it was the last.
+    fn release(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
     fn kick(&self, queue: &QueueName) {
         if let Some(slot) = read(&self.slots).get(queue) {
             slot.wake.notify_one();
@@ -605,6 +667,7 @@ impl Inner {
                     wake: Notify::new(),
                     arrivals: Arc::new(Notify::new()),
                     waiting: AtomicUsize::new(0),
+                    subscribed: AtomicUsize::new(0),
                     streams: Mutex::new(Streams {
                         consumers: Vec::new(),
                         recent: VecDeque::new(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub use name::{MAX_QUEUE_NAME, QueueName};
 pub use receipt::Receipt;
 
-use self::hub::{Hub, Resume, StreamLimits, Subscription};
+use self::hub::{Hub, Refused, Resume, StreamLimits, Subscription};
 
 use crate::error::Error;
 use crate::store::{
@@ -52,6 +52,15 @@ async fn follow(hub: Hub, mut events: tokio::sync::mpsc::UnboundedReceiver<Store
             }
             StoreEvent::Resync => hub.kick_all(),
         }
+    }
+}
+
+/// The error a refused consumer is answered with.
+fn refused(why: Refused) -> Error {
+    match why {
+        Refused::ShuttingDown => Error::ShuttingDown,
+        Refused::TooMany { limit } => Error::TooManyConsumers { limit },
+        Refused::TooManyOfQueue { limit } => Error::TooManyQueueConsumers { limit },
     }
 }
 
@@ -342,15 +351,16 @@ impl Broker {
         Ok(())
     }
 
-    /// Connects a streaming consumer to `queue`; refused while shutting down.
+    /// Connects a streaming consumer to `queue`; refused while shutting down or
+    /// when a consumer limit is reached.
     pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Result<Subscription, Error> {
-        self.hub.subscribe(queue, resume).ok_or(Error::ShuttingDown)
+        self.hub.subscribe(queue, resume).map_err(refused)
     }
 
     /// Registers a consumer of `queue` that receives its messages itself, to be
-    /// counted and ended like the streamed ones; refused while shutting down.
+    /// counted, limited and ended like the streamed ones.
     pub fn watch(&self, queue: &QueueName) -> Result<Subscription, Error> {
-        self.hub.watch(queue).ok_or(Error::ShuttingDown)
+        self.hub.watch(queue).map_err(refused)
     }
 
     /// What wakes those waiting for messages of `queue` (a publish, a release,

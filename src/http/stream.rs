@@ -18,8 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt, stream};
 use percent_encoding::percent_decode_str;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::access::{self, Granted};
 use super::params::{Callback, Params, Queue};
@@ -316,26 +315,29 @@ fn body(
     )
 }
 
-/// Whether a new connection's first request opens a COMET or SSE stream that
-/// [`serve_raw`] can answer: its request line arrived whole, and is
-/// `GET /c/…` or `GET /sse/…` over HTTP/1.1. Reads nothing: it only peeks.
-pub async fn opens_stream(socket: &TcpStream) -> bool {
-    let mut buf = vec![0u8; PEEK_BYTES];
-    let Ok(n) = socket.peek(&mut buf).await else {
+/// Whether a connection whose first bytes are `first` opens a COMET or SSE
+/// stream that [`serve_raw`] can answer: its request line arrived whole, and is
+/// `GET /c/…` or `GET /sse/…` over HTTP/1.1.
+pub fn opens_stream(first: &[u8]) -> bool {
+    let Some(end) = first.windows(2).position(|w| w == b"\r\n") else {
         return false;
     };
-    let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") else {
-        return false;
-    };
-    let line = &buf[..end];
+    let line = &first[..end];
     (line.starts_with(b"GET /c/") || line.starts_with(b"GET /sse/")) && line.ends_with(b" HTTP/1.1")
 }
 
-/// Serves a connection whose first request opens a stream, directly on the
-/// socket: reads the request's head, answers with a chunked stream, and closes
-/// the connection when the stream ends.
-pub async fn serve_raw(mut socket: TcpStream, peer: std::net::SocketAddr, state: AppState) {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
+/// Serves a connection (TCP or TLS) whose first request opens a stream,
+/// directly on it: reads the request's head (whole before `deadline`), answers
+/// with a chunked stream, and closes the connection when the stream ends.
+pub async fn serve_raw<S>(
+    mut socket: S,
+    peer: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+    state: AppState,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut socket)).await {
         Ok(Ok(head)) => head,
         Ok(Err(Some(error))) => return answer_error(&mut socket, &error).await,
         Ok(Err(None)) | Err(_) => return,
@@ -344,21 +346,27 @@ pub async fn serve_raw(mut socket: TcpStream, peer: std::net::SocketAddr, state:
     drop(head);
     let (mut streaming, content_type) = match started {
         Ok(started) => started,
-        Err(error) => return answer_error(&mut socket, &error).await,
+        Err(error) => {
+            answer_error(&mut socket, &error).await;
+            let _ = socket.shutdown().await;
+            return;
+        }
     };
     let response_head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\n\
          transfer-encoding: chunked\r\nconnection: close\r\ndate: {}\r\n\r\n",
         httpdate::fmt_http_date(std::time::SystemTime::now())
     );
-    if socket.write_all(response_head.as_bytes()).await.is_err() {
+    if write_flushed(&mut socket, response_head.as_bytes())
+        .await
+        .is_err()
+    {
         return;
     }
-    let (mut reader, mut writer) = socket.split();
     loop {
         let chunk = tokio::select! {
             chunk = streaming.next() => chunk,
-            () = closed(&mut reader) => return,
+            () = closed(&mut socket) => return,
         };
         let Some(chunk) = chunk else { break };
         let mut framed = BytesMut::with_capacity(chunk.bytes.len() + 16);
@@ -366,25 +374,28 @@ pub async fn serve_raw(mut socket: TcpStream, peer: std::net::SocketAddr, state:
         framed.extend_from_slice(&chunk.bytes);
         framed.extend_from_slice(b"\r\n");
         // A failed write drops the chunk unwritten: its messages go back.
-        if writer.write_all(&framed).await.is_err() {
+        if write_flushed(&mut socket, &framed).await.is_err() {
             return;
         }
         chunk.written();
     }
-    let _ = writer.write_all(b"0\r\n\r\n").await;
+    let _ = write_flushed(&mut socket, b"0\r\n\r\n").await;
+    let _ = socket.shutdown().await;
 }
 
-/// Bytes of a new connection peeked at to recognise a stream request.
-const PEEK_BYTES: usize = 1024;
+/// Writes `bytes` and flushes them: TLS holds written bytes until flushed.
+async fn write_flushed<S: AsyncWrite + Unpin>(socket: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
 /// Largest request head a raw stream request may have.
 const MAX_HEAD: usize = 16 * 1024;
-/// How long the client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads the request head (up to the blank line); the error to answer when it
 /// is longer than [`MAX_HEAD`], none when the client goes away.
-async fn read_head(socket: &mut TcpStream) -> Result<Vec<u8>, Option<Error>> {
-    let mut head = Vec::with_capacity(PEEK_BYTES);
+async fn read_head<S: AsyncRead + Unpin>(socket: &mut S) -> Result<Vec<u8>, Option<Error>> {
+    let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 512];
     loop {
         let n = socket.read(&mut buf).await.map_err(|_| None)?;
@@ -457,8 +468,10 @@ fn raw_request(
     )
 }
 
-/// Answers a refused raw stream request as the routes would, then closes.
-async fn answer_error(socket: &mut TcpStream, error: &Error) {
+/// Answers `error` as the routes would, with `connection: close`, straight on
+/// a connection that hyper does not serve (a raw stream request, a connection
+/// refused before any request). The caller closes the connection.
+pub async fn answer_error<S: AsyncWrite + Unpin>(socket: &mut S, error: &Error) {
     let status = error.status();
     let body = serde_json::json!({ "error": error.to_string() }).to_string();
     let extra: String = error
@@ -473,12 +486,12 @@ async fn answer_error(socket: &mut TcpStream, error: &Error) {
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = write_flushed(socket, response.as_bytes()).await;
 }
 
 /// Resolves when the client closes its side (or the connection fails); what a
 /// client sends on a stream connection is read and ignored.
-async fn closed(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+async fn closed<S: AsyncRead + Unpin>(reader: &mut S) {
     let mut buf = [0u8; 64];
     loop {
         match reader.read(&mut buf).await {
