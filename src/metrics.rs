@@ -168,7 +168,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with `gauges` read from
     /// the queues.
-    pub fn render(&self, gauges: &[QueueGauges]) -> String {
+    pub fn render(&self, gauges: &[QueueGauges], dead_lettered: &[(String, u64)]) -> String {
         let mut out = String::new();
         let queues = self.queues.sorted();
         let counters: [Described<CounterField>; 5] = [
@@ -200,6 +200,16 @@ impl Metrics {
                 let value = field(counters).load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {value}", escape(queue));
             }
+        }
+        let name = "restmq_dead_lettered_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages moved to a dead-letter queue, by the queue they left.\n# TYPE {name} counter"
+        );
+        let mut dead_lettered = dead_lettered.to_vec();
+        dead_lettered.sort();
+        for (queue, count) in dead_lettered {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {count}", escape(&queue));
         }
         let gauge_fields: [Described<GaugeField>; 4] = [
             ("restmq_queue_depth", "Messages waiting.", |g| g.depth),
@@ -285,7 +295,8 @@ mod tests {
             .queue("a \"b\"\n")
             .published
             .fetch_add(2, Ordering::Relaxed);
-        let text = metrics.render(&[]);
+        let text = metrics.render(&[], &[("q".into(), 3)]);
+        assert!(text.contains("restmq_dead_lettered_total{queue=\"q\"} 3"));
         assert!(text.contains(r#"restmq_published_total{queue="a \"b\"\n"} 2"#));
         assert!(text.contains(
             r#"restmq_store_operation_duration_seconds_bucket{operation="pop",le="0.0001"} 1"#

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Streaming, TestServer, eventually};
+use common::{Backend, Streaming, TestServer, eventually};
 
 /// The samples of a scrape: `name{labels}` to value.
 async fn scrape(server: &TestServer) -> BTreeMap<String, f64> {
@@ -110,3 +110,48 @@ async fn counters_move_by_exactly_the_traffic() {
     })
     .await;
 }
+
+/// A message released once more than `max_receives` allows leaves for the
+/// dead-letter queue: counted under the queue it left, on every store.
+async fn dead_letters_are_counted(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
+    let set = server
+        .post_raw("/config/dl", "application/json", r#"{"max_receives":1}"#)
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let before = scrape(&server).await;
+    for value in ["a", "b"] {
+        server.publish("dl", value).await;
+    }
+    for _ in 0..2 {
+        let received = server.get("/q/dl?visibility=30").await.json();
+        let receipt = received["receipt"].as_str().expect("a receipt");
+        let released = server.post_form("/nack", &[("receipt", receipt)]).await;
+        assert_eq!(released.status, 200, "{}", released.body);
+    }
+    assert!(
+        server.pop("dl.dead").await.is_some(),
+        "the first dead letter"
+    );
+    let after = scrape(&server).await;
+    assert_eq!(
+        moved(&before, &after, r#"restmq_dead_lettered_total{queue="dl"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            &before,
+            &after,
+            r#"restmq_dead_lettered_total{queue="dl.dead"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        after.get(r#"restmq_queue_depth{queue="dl.dead"}"#),
+        Some(&1.0)
+    );
+}
+
+conformance!(dead_letters_are_counted);

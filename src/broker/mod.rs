@@ -81,6 +81,12 @@ impl Broker {
         Broker { store, hub }
     }
 
+    /// Messages moved to dead-letter queues since the store opened, by the
+    /// queue they left.
+    pub fn dead_lettered(&self) -> Vec<(String, u64)> {
+        self.store.dead_lettered()
+    }
+
     /// Succeeds when the store can be reached now.
     pub async fn ready(&self) -> Result<(), Error> {
         Ok(self.store.ping().await?)

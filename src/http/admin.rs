@@ -78,7 +78,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&gauges),
+        state.metrics.render(&gauges, &state.broker.dead_lettered()),
     )
         .into_response())
 }

@@ -208,6 +208,10 @@ impl Store for MeteredStore {
         self.inner.close()
     }
 
+    fn dead_lettered(&self) -> Vec<(String, u64)> {
+        self.inner.dead_lettered()
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.just_timed("ping", self.inner.ping())
     }

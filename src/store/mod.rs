@@ -9,8 +9,10 @@ pub mod embedded;
 mod metered;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
@@ -377,6 +379,10 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the storage can be reached now.
     fn ping(&self) -> StoreFuture<'_, ()>;
 
+    /// Messages this store moved to dead-letter queues since it opened, by the
+    /// queue they left.
+    fn dead_lettered(&self) -> Vec<(String, u64)>;
+
     /// What other servers sharing this storage do, once: `None` for a store no
     /// other server can share.
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
@@ -392,6 +398,30 @@ pub trait Store: Send + Sync + 'static {
     /// for their own consumers.
     fn share<'a>(&'a self, _queue: &'a str, _messages: &'a [Message]) -> StoreFuture<'a, ()> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// Messages a store moved to dead-letter queues since it opened, by the queue
+/// they left; kept in memory, as a process's metrics are.
+#[derive(Debug, Default)]
+pub struct DeadLettered(Mutex<HashMap<String, u64>>);
+
+impl DeadLettered {
+    /// Counts `count` messages that left `queue` for its dead-letter queue.
+    pub fn add(&self, queue: &str, count: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match counts.get_mut(queue) {
+            Some(total) => *total += count,
+            None => {
+                counts.insert(queue.to_owned(), count);
+            }
+        }
+    }
+
+    /// Every count so far.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.iter().map(|(q, n)| (q.clone(), *n)).collect()
     }
 }
 

@@ -60,6 +60,9 @@ pub(super) struct Batch<'t> {
     /// The clock, read once per batch.
     now: u64,
     scratch: Vec<u8>,
+    /// The queues the current batch moved a message from to its dead-letter
+    /// queue, once per message.
+    pub dead_lettered: Vec<String>,
 }
 
 impl<'t> Batch<'t> {
@@ -78,6 +81,7 @@ impl<'t> Batch<'t> {
             log: Vec::new(),
             now: 0,
             scratch: Vec::new(),
+            dead_lettered: Vec::new(),
         })
     }
 
@@ -85,6 +89,7 @@ impl<'t> Batch<'t> {
     pub fn begin(&mut self, now: u64) {
         self.touched.clear();
         self.log.clear();
+        self.dead_lettered.clear();
         self.now = now;
     }
 
@@ -394,6 +399,7 @@ impl<'t> Batch<'t> {
         let dead = config.dead_letter_of(queue);
         let id = self.queue_meta(&dead).map_or(0, |m| m.info.last_id) + 1;
         self.insert(&dead, id, held.expires_at, &held.value)?;
+        self.dead_lettered.push(queue.to_owned());
         Ok(true)
     }
 

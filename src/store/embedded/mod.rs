@@ -97,6 +97,8 @@ struct Shared {
     /// Set when the log could not be written or synced: from then on every change
     /// is refused, since whether earlier ones reached the disk is unknown.
     failed: OnceLock<String>,
+    /// Messages dead-lettered by the batches applied.
+    dead_lettered: super::DeadLettered,
 }
 
 impl Shared {
@@ -202,6 +204,7 @@ impl EmbeddedStore {
         let shared = Arc::new(Shared {
             meta: RwLock::new(HashMap::new()),
             failed: OnceLock::new(),
+            dead_lettered: super::DeadLettered::default(),
         });
         let (handoffs, handoff_rx) = std_mpsc::channel();
         let file = wal.file();
@@ -427,6 +430,10 @@ impl Store for EmbeddedStore {
     fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>> {
         let queue = queue.to_owned();
         self.submit(false, 0, move |b| b.latest(&queue, count))
+    }
+
+    fn dead_lettered(&self) -> Vec<(String, u64)> {
+        self.shared.dead_lettered.counts()
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -703,6 +710,9 @@ impl Writer {
                             shared.insert(name.clone(), meta);
                         }
                     }
+                }
+                for queue in &batch.dead_lettered {
+                    self.shared.dead_lettered.add(queue, 1);
                 }
                 let mut sync = false;
                 if !batch.log.is_empty() {

@@ -222,6 +222,8 @@ pub struct RedisStore {
     origin: String,
     events: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
     description: String,
+    /// Messages this process moved to dead-letter queues.
+    dead_lettered: super::DeadLettered,
 }
 
 /// Parses `per` values per message from a script's answer: key, value, expiry
@@ -452,6 +454,7 @@ impl RedisStore {
             origin,
             events: Mutex::new(Some(rx)),
             description,
+            dead_lettered: super::DeadLettered::default(),
         })
     }
 
@@ -696,6 +699,7 @@ impl RedisStore {
                         delay: None,
                     };
                     self.publish_many(&dead, vec![message]).await?;
+                    self.dead_lettered.add(queue, 1);
                 }
                 with_keys(&scripts::BURY, keys)
                     .arg(&key)
@@ -1322,6 +1326,10 @@ impl Store for RedisStore {
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn dead_lettered(&self) -> Vec<(String, u64)> {
+        self.dead_lettered.counts()
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
