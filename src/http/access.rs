@@ -199,9 +199,15 @@ fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
 
 /// The middleware: decides every request, and hands the grant to the handler.
 pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let grant = match classify(request.method(), request.uri().path()) {
+    // Open rules (the default) skip classifying, which decodes the queue name.
+    let open = state.access.rules().is_open();
+    let need = if open {
+        None
+    } else {
+        classify(request.method(), request.uri().path())
+    };
+    let grant = match need {
         None => Grant::Full,
-        Some(_) if state.access.rules().is_open() => Grant::Full,
         Some(need) => {
             // Served without our accept loop (which adds the peer), nothing
             // is known of the client: an address no rule allows.
