@@ -193,6 +193,33 @@ pub struct ServeArgs {
     /// the machine can lose the changes of the last seconds.
     #[arg(long, env = "RESTMQ_NO_FSYNC")]
     pub no_fsync: bool,
+
+    /// Serve the SQS-compatible API (JSON and query protocols) on this port, on
+    /// the same interface; 9324 is customary. Off when not given.
+    #[arg(long, env = "RESTMQ_SQS_PORT", value_name = "PORT")]
+    pub sqs_port: Option<u16>,
+
+    /// Serve the memcached text protocol on this port (`set <q>` enqueues,
+    /// `get <q>` dequeues). Off when not given.
+    #[arg(long, env = "RESTMQ_MEMCACHED_PORT", value_name = "PORT")]
+    pub memcached_port: Option<u16>,
+
+    /// Receive syslog lines on this port, over TCP and UDP, into the queue
+    /// `syslogd:<sender ip>`. Off when not given.
+    #[arg(long, env = "RESTMQ_SYSLOG_PORT", value_name = "PORT")]
+    pub syslog_port: Option<u16>,
+}
+
+/// The ports of the other front doors; `None` leaves a door off, 0 picks a
+/// free port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DoorPorts {
+    /// The SQS-compatible API.
+    pub sqs: Option<u16>,
+    /// The memcached text protocol.
+    pub memcached: Option<u16>,
+    /// syslog, TCP and UDP.
+    pub syslog: Option<u16>,
 }
 
 /// Where the queues are stored.
@@ -242,6 +269,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Open connections, at most.
     pub max_connections: usize,
+    /// The other front doors to open.
+    pub doors: DoorPorts,
 }
 
 impl Config {
@@ -261,6 +290,7 @@ impl Config {
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT),
             body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            doors: DoorPorts::default(),
         }
     }
 }
@@ -318,6 +348,11 @@ impl TryFrom<&ServeArgs> for Config {
             header_timeout: Duration::from_secs(args.header_timeout),
             body_timeout: Duration::from_secs(args.body_timeout),
             max_connections: args.max_connections as usize,
+            doors: DoorPorts {
+                sqs: args.sqs_port,
+                memcached: args.memcached_port,
+                syslog: args.syslog_port,
+            },
         })
     }
 }

@@ -6,6 +6,7 @@
 //! [`serve`].
 
 pub mod acl;
+pub mod adapters;
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -127,4 +128,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     server::run(listener, state, shutdown).await
+}
+
+/// Like [`serve`], with the other front doors in `doors` (see
+/// [`adapters::Doors::bind`]); see [`server::run_with`].
+pub async fn serve_with(
+    listener: TcpListener,
+    doors: adapters::Doors,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::run_with(listener, doors, state, shutdown).await
 }

@@ -126,6 +126,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = restmq::server::bind(&args.listen, args.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.listen, args.port))?;
+    let doors = restmq::adapters::Doors::bind(&args.listen, &config.doors).await?;
     let addr = listener.local_addr()?;
     let scheme = if config.tls.is_some() {
         "https"
@@ -144,7 +145,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no --acl: every route is open to anyone who can reach {addr}; see the README's Security section"
         );
     }
-    restmq::serve(listener, state, shutdown_signal()).await?;
+    let at = doors.addrs();
+    for (door, addr) in [
+        ("SQS-compatible API", at.sqs),
+        ("memcached protocol", at.memcached),
+        ("syslog (TCP and UDP)", at.syslog),
+    ] {
+        if let Some(addr) = addr {
+            tracing::info!(%addr, "{door} on {addr}");
+        }
+    }
+    restmq::serve_with(listener, doors, state, shutdown_signal()).await?;
     tracing::info!("restmq stopped");
     Ok(())
 }

@@ -26,12 +26,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::adapters::Doors;
 use crate::error::Error;
 use crate::http::stream;
 
@@ -121,6 +122,47 @@ impl Drop for Tracked {
     }
 }
 
+/// What every front door shares while the server runs: the state, the
+/// shutdown signal, and the connection count and limit that shutdown waits on.
+#[derive(Clone)]
+pub struct Serving {
+    /// The queues and settings.
+    pub state: AppState,
+    stop: watch::Receiver<bool>,
+    connections: Arc<Connections>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection let in: it counts toward `--max-connections` and is waited for
+/// at shutdown until dropped.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _tracked: Tracked,
+}
+
+impl Serving {
+    /// Lets a connection in, or `None` when `--max-connections` are open.
+    pub fn admit(&self) -> Option<Admitted> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(Admitted {
+            _permit: permit,
+            _tracked: Tracked::new(&self.connections),
+        })
+    }
+
+    /// A receiver that changes (to `true`) when shutdown begins.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        // An error means the sender is gone: shutting down too.
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then shuts down without losing
 /// anything: stops accepting, ends every stream (messages buffered for a stream
 /// and not yet sent go back to their queues), lets requests in progress finish
@@ -130,45 +172,41 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let router = crate::app(state.clone());
-    let settings = state.server.clone();
-    warn_if_files_run_out(settings.max_connections);
-    let connections = Arc::new(Connections::default());
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
+    run_with(listener, Doors::default(), state, shutdown).await
+}
+
+/// Like [`run`], serving the other front doors in `doors` too: they stop with
+/// the HTTP listener, and the store closes once their work is done.
+pub async fn run_with(
+    listener: TcpListener,
+    doors: Doors,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    warn_if_files_run_out(state.server.max_connections);
     let (stopping, stop) = watch::channel(false);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    // The permit lives as long as the connection's task.
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        refuse(socket, &settings, &refusals);
-                        continue;
-                    };
-                    let state = state.clone();
-                    let router = router.clone();
-                    let stop = stop.clone();
-                    let tracked = Tracked::new(&connections);
-                    let served = connection(socket, peer, state, router, stop);
-                    tokio::spawn(async move {
-                        served.await;
-                        drop(tracked);
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
+    let serving = Serving {
+        state: state.clone(),
+        stop,
+        connections: Arc::new(Connections::default()),
+        permits: Arc::new(Semaphore::new(state.server.max_connections)),
+    };
+    let mut loops = vec![tokio::spawn(accept(
+        listener,
+        crate::app(state.clone()),
+        true,
+        serving.clone(),
+    ))];
+    loops.extend(doors.spawn(&serving));
+    shutdown.await;
     state.broker.end_streams();
     let _ = stopping.send(true);
+    for accepting in loops {
+        if let Err(e) = accepting.await {
+            tracing::error!(error = %e, "a listener's task failed");
+        }
+    }
+    let connections = &serving.connections;
     let all_closed = async {
         loop {
             let idle = connections.idle.notified();
@@ -192,6 +230,50 @@ pub async fn run(
         tracing::error!(error = %e, "closing the store failed");
     }
     Ok(())
+}
+
+/// Accepts HTTP connections on `listener` for `router` until shutdown begins.
+/// With `direct_streams`, a connection whose first request opens a COMET or
+/// SSE stream is answered on the socket directly (the main port); without,
+/// everything goes through the router (the SQS port).
+pub async fn accept(listener: TcpListener, router: Router, direct_streams: bool, serving: Serving) {
+    let site = Site {
+        router,
+        direct_streams,
+    };
+    let settings = serving.state.server.clone();
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mut stop = serving.stop_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    // Admission lives as long as the connection's task.
+                    let Some(admitted) = serving.admit() else {
+                        refuse(socket, &settings, &refusals);
+                        continue;
+                    };
+                    let served = connection(
+                        socket,
+                        peer,
+                        serving.state.clone(),
+                        site.clone(),
+                        serving.stop_signal(),
+                    );
+                    tokio::spawn(async move {
+                        served.await;
+                        drop(admitted);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // Sent once, at shutdown (or the sender is gone: shutting down too).
+            _ = stop.changed() => break,
+        }
+    }
 }
 
 /// Open files the server needs besides its connections: its store, Redis
@@ -266,24 +348,33 @@ async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, erro
     while let Ok(1..) = socket.read(&mut buf).await {}
 }
 
+/// What a listener serves.
+#[derive(Clone)]
+struct Site {
+    router: Router,
+    /// Whether a first request opening a COMET or SSE stream is answered on
+    /// the socket directly.
+    direct_streams: bool,
+}
+
 /// The task serving a connection. Not an async fn: its future is the serving
 /// one itself, so that a plain connection's task holds nothing more.
 fn connection(
     socket: TcpStream,
     peer: SocketAddr,
     state: AppState,
-    router: Router,
+    site: Site,
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
     // Small writes (a streamed message, an answer) must not wait for Nagle.
     let _ = socket.set_nodelay(true);
     let deadline = Instant::now() + state.server.header_timeout;
     match state.server.tls.clone() {
-        None => Either::Left(serve(socket, peer, deadline, state, router, stop)),
+        None => Either::Left(serve(socket, peer, deadline, state, site, stop)),
         // Boxed: a TLS session takes several kilobytes, which a plain
         // connection's task (an idle stream's, say) must not carry.
         Some(acceptor) => Either::Right(Box::pin(serve_tls(
-            acceptor, socket, peer, deadline, state, router, stop,
+            acceptor, socket, peer, deadline, state, site, stop,
         ))),
     }
 }
@@ -295,7 +386,7 @@ async fn serve_tls(
     peer: SocketAddr,
     deadline: Instant,
     state: AppState,
-    router: Router,
+    site: Site,
     mut stop: watch::Receiver<bool>,
 ) {
     let handshake = async {
@@ -315,7 +406,7 @@ async fn serve_tls(
         _ = stop.changed() => return,
     };
     match shaken {
-        Ok(Ok(tls)) => serve(tls, peer, deadline, state, router, stop).await,
+        Ok(Ok(tls)) => serve(tls, peer, deadline, state, site, stop).await,
         // Not TLS at all: most likely plain HTTP, which can be told what to do.
         Ok(Err(Some(plain))) => {
             let _ =
@@ -334,7 +425,7 @@ async fn serve<S>(
     peer: SocketAddr,
     deadline: Instant,
     state: AppState,
-    router: Router,
+    site: Site,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -350,7 +441,7 @@ async fn serve<S>(
         Ok(Some(first)) => first,
         Ok(None) | Err(_) => return,
     };
-    let opens_stream = stream::opens_stream(&first);
+    let opens_stream = site.direct_streams && stream::opens_stream(&first);
     let io = Rewind::new(first, io);
     if opens_stream {
         let span = tracing::info_span!(
@@ -364,7 +455,10 @@ async fn serve<S>(
             .await;
     }
     // Handlers learn the peer's address as axum's `ConnectInfo`.
-    let service = TowerToHyperService::new(WithPeer { router, peer });
+    let service = TowerToHyperService::new(WithPeer {
+        router: site.router,
+        peer,
+    });
     // Boxed, so that a connection on the direct path above does not carry the
     // size of hyper's connection state in its task.
     let mut conn = Box::pin(

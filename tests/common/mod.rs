@@ -61,6 +61,8 @@ macro_rules! conformance {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its other front doors listen (those its config turns on).
+    pub doors: restmq::adapters::DoorAddrs,
     /// A client for it.
     pub client: reqwest::Client,
     /// The store it uses.
@@ -136,7 +138,7 @@ impl TestServer {
 
     /// A server with `config`; `dir` (if any) is removed when the server is dropped.
     pub async fn start_with(config: Config, dir: Option<TempDir>) -> TestServer {
-        let (ready, address) = oneshot::channel();
+        let (ready, address) = oneshot::channel::<(SocketAddr, restmq::adapters::DoorAddrs)>();
         let (stop, stopped) = oneshot::channel::<()>();
         let server_config = config.clone();
         let thread = std::thread::spawn(move || {
@@ -148,18 +150,22 @@ impl TestServer {
             runtime.block_on(async move {
                 let state = restmq::open(&server_config).await.expect("open the store");
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let _ = ready.send(listener.local_addr().expect("local address"));
+                let doors = restmq::adapters::Doors::bind("127.0.0.1", &server_config.doors)
+                    .await
+                    .expect("bind the front doors");
+                let _ = ready.send((listener.local_addr().expect("local address"), doors.addrs()));
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                restmq::serve(listener, state, shutdown)
+                restmq::serve_with(listener, doors, state, shutdown)
                     .await
                     .expect("the server runs");
             });
         });
-        let addr = address.await.expect("the server starts");
+        let (addr, doors) = address.await.expect("the server starts");
         TestServer {
             addr,
+            doors,
             client: reqwest::Client::new(),
             backend: Backend::Embedded,
             config,
