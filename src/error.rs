@@ -44,6 +44,13 @@ pub enum Error {
     /// A request body that could not be read.
     #[error("cannot read the request body: {0}")]
     BadBody(String),
+    /// A body in a format the route takes, but not well formed (a collectd
+    /// payload, say).
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    /// A body in a format the route does not take.
+    #[error("unsupported Content-Type: {0}")]
+    UnsupportedMediaType(String),
     /// A request body that did not arrive whole in time (`--body-timeout`).
     #[error("the request body did not arrive within {seconds} s")]
     BodyTimeout {
@@ -132,6 +139,8 @@ impl Error {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BadBody(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::TlsRequired => StatusCode::BAD_REQUEST,
             Error::EmptyQueue => StatusCode::NOT_FOUND,

@@ -17,6 +17,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::AppState;
 use crate::acl::{Category, Denial, Grant, Presented, Right};
+use crate::adapters::collectd;
 use crate::broker::QueueName;
 use crate::error::Error;
 
@@ -73,6 +74,12 @@ pub fn classify(method: &Method, path: &str) -> Option<Need> {
         "/" if get => return need(RestConsumer, Consume, Scope::InHandler),
         "/" if post => return need(RestProducer, Publish, Scope::InHandler),
         "/queue" if post => return need(RestProducer, Publish, Scope::InHandler),
+        "/collectd/data" if post => {
+            return need(RestProducer, Publish, queue(collectd::DATA_QUEUE));
+        }
+        "/collectd/event" if post => {
+            return need(RestProducer, Publish, queue(collectd::EVENT_QUEUE));
+        }
         "/ack" | "/nack" | "/extend" if post => {
             return need(RestConsumer, Consume, Scope::InHandler);
         }
@@ -98,6 +105,11 @@ pub fn classify(method: &Method, path: &str) -> Option<Need> {
         "ws" if get => need(WebsocketConsumer, Consume, scope),
         _ => None,
     }
+}
+
+/// The scope of a route whose queue is fixed.
+fn queue(name: &str) -> Scope {
+    QueueName::parse(name).map_or(Scope::Refused, Scope::Queue)
 }
 
 /// What a request presents, read from its headers and query string.

@@ -3,6 +3,7 @@
 pub mod access;
 mod admin;
 mod answer;
+mod collectd;
 mod command;
 mod legacy;
 mod openapi;
@@ -68,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/redrive/", post(legacy::no_queue))
         .route("/redrive/{*queue}", post(reliable::redrive))
+        .route("/collectd/data", post(collectd::data))
+        .route("/collectd/event", post(collectd::event))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))

@@ -228,6 +228,34 @@ fn build() -> Value {
             "application/x-www-form-urlencoded": { "schema": { "type": "object", "properties": { "body": { "type": "string", "description": "The settings as JSON." } } } }
         }
     });
+    let collectd = |summary: &str, text: &str, json: &str| {
+        let mut op = operation(
+            summary,
+            vec![callback()],
+            with_errors(
+                json!({ "200": text_answer("The message's key, as for POST /q/<q>.") }),
+                &["400", "413", "415"],
+            ),
+        );
+        op["requestBody"] = json!({
+            "required": true,
+            "content": {
+                "text/plain": { "schema": { "type": "string", "description": text } },
+                "application/json": { "schema": { "type": "array", "items": { "type": "object" }, "description": json } }
+            }
+        });
+        op
+    };
+    let collectd_data = collectd(
+        "collectd's write_http value lists, into the queue collectd_data as one message (collectd's JSON shape).",
+        "PUTVAL lines (Format Command).",
+        "Value lists (Format JSON), stored as sent.",
+    );
+    let collectd_event = collectd(
+        "A collectd notification, into the queue collectd_event as one message (collectd's JSON shape).",
+        "Header lines (Severity: …), a blank line, the message; any other Content-Type is read so too.",
+        "Notifications (collectd's JSON), stored as sent.",
+    );
     let mut command = operation(
         "Run one command of the JSON protocol: add, get, take, del, receive, ack, nack, extend.",
         vec![],
@@ -243,7 +271,7 @@ fn build() -> Value {
             "application/x-www-form-urlencoded": { "schema": { "type": "object", "properties": { "body": { "type": "string", "description": "The command as JSON." } } } }
         }
     });
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "restmq",
@@ -394,5 +422,14 @@ fn build() -> Value {
             }
         },
         "security": [{}, { "basic": [] }, { "bearer": [] }, { "access_token": [] }]
-    })
+    });
+    // Added apart: one json! literal of everything passes the macro's
+    // recursion limit.
+    document["paths"]["/collectd/data"] = json!({ "post": collectd_data });
+    document["paths"]["/collectd/event"] = json!({ "post": collectd_event });
+    document["components"]["responses"]["E415"] = json_answer(
+        "The body's Content-Type is not one the route takes.",
+        error_ref(),
+    );
+    document
 }

@@ -48,23 +48,7 @@ impl FromRequest<AppState> for Params {
             parse_pairs(query.as_bytes(), "query string", &mut pairs)?;
         }
         let media_type = media_type(req.headers());
-        // Bounded in time, so that a client trickling its body cannot hold the
-        // request (and its connection) for ever.
-        let limit = state.body_timeout;
-        let body = tokio::time::timeout(limit, Bytes::from_request(req, state))
-            .await
-            .map_err(|_| Error::BodyTimeout {
-                seconds: limit.as_secs_f64(),
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge {
-                        limit: state.max_body,
-                    }
-                } else {
-                    Error::BadBody(rejection.body_text())
-                }
-            })?;
+        let body = body(req, state).await?;
         let mut params = Params {
             pairs,
             body,
@@ -76,6 +60,27 @@ impl FromRequest<AppState> for Params {
         }
         Ok(params)
     }
+}
+
+/// The body of `req`, read within `--body-timeout` and `--max-body`.
+pub async fn body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+    // Bounded in time, so that a client trickling its body cannot hold the
+    // request (and its connection) for ever.
+    let limit = state.body_timeout;
+    tokio::time::timeout(limit, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| Error::BodyTimeout {
+            seconds: limit.as_secs_f64(),
+        })?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::BodyTooLarge {
+                    limit: state.max_body,
+                }
+            } else {
+                Error::BadBody(rejection.body_text())
+            }
+        })
 }
 
 impl Params {
