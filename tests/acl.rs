@@ -260,6 +260,16 @@ fn routes() -> Vec<(Call, (&'static str, &'static str), u16)> {
             200,
         ),
         (Call::new("POST", "/redrive/mx"), PRODUCER, 200),
+        (
+            Call::new("POST", "/collectd/data").json(r#"[{"values":[1],"host":"h"}]"#),
+            PRODUCER,
+            200,
+        ),
+        (
+            Call::new("POST", "/collectd/event").form("Severity: OKAY\n\nfine"),
+            PRODUCER,
+            200,
+        ),
         (Call::new("GET", "/q/mx"), CONSUMER, 200),
         (Call::new("GET", "/?queue=mx"), CONSUMER, 200),
         (Call::new("GET", "/q/"), CONSUMER, 200),
