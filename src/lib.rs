@@ -31,9 +31,22 @@ use crate::broker::Broker;
 use crate::config::{Config, Storage};
 use crate::store::{EmbeddedOptions, EmbeddedStore, RedisStore};
 
-/// What every request handler shares.
+/// What every request handler shares. Cheap to clone: handlers and
+/// middleware clone it per request, so it is one reference count; its fields
+/// are read through [`Shared`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     /// The queues.
     pub broker: Broker,
     /// Largest request body accepted, in bytes.
@@ -104,7 +117,7 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
     };
     let metrics = Arc::new(metrics::Metrics::default());
     let store = Arc::new(store::MeteredStore::new(store, metrics.clone()));
-    Ok(AppState {
+    Ok(AppState(Arc::new(Shared {
         broker: Broker::new(store, config.streams),
         metrics,
         max_body: config.max_body,
@@ -112,7 +125,7 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         access,
         body_timeout: config.body_timeout,
         server,
-    })
+    })))
 }
 
 /// The HTTP application: every route over `state`.
