@@ -29,7 +29,6 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 
 use crate::AppState;
 use crate::adapters::Doors;
@@ -444,15 +443,7 @@ async fn serve<S>(
     let opens_stream = site.direct_streams && stream::opens_stream(&first);
     let io = Rewind::new(first, io);
     if opens_stream {
-        let span = tracing::info_span!(
-            "request",
-            method = "GET",
-            path = tracing::field::Empty,
-            client = %peer.ip(),
-        );
-        return stream::serve_raw(io, peer, deadline, state)
-            .instrument(span)
-            .await;
+        return stream::serve_raw(io, peer, deadline, state).await;
     }
     // Handlers learn the peer's address as axum's `ConnectInfo`.
     let service = TowerToHyperService::new(WithPeer {

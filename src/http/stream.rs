@@ -337,20 +337,19 @@ pub async fn serve_raw<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let head = match tokio::time::timeout_at(deadline, read_head(&mut socket)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(Some(error))) => return answer_error(&mut socket, &error).await,
-        Ok(Err(None)) | Err(_) => return,
-    };
-    let started = raw_request(&head, &state, peer).and_then(|request| request.start(&state));
-    drop(head);
-    let (mut streaming, content_type) = match started {
-        Ok(started) => started,
-        Err(error) => {
-            answer_error(&mut socket, &error).await;
-            let _ = socket.shutdown().await;
-            return;
-        }
+    // The request's span covers reading and deciding the request, not the
+    // stream's whole life: the log subscriber keeps about 2 KB per live span,
+    // which would double what an idle stream costs.
+    let span = tracing::info_span!(
+        "request",
+        method = "GET",
+        path = tracing::field::Empty,
+        client = %peer.ip(),
+    );
+    let opened =
+        tracing::Instrument::instrument(open(&mut socket, peer, deadline, &state), span).await;
+    let Some((mut streaming, content_type)) = opened else {
+        return;
     };
     let response_head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\n\
@@ -381,6 +380,37 @@ pub async fn serve_raw<S>(
     }
     let _ = write_flushed(&mut socket, b"0\r\n\r\n").await;
     let _ = socket.shutdown().await;
+}
+
+/// Reads and decides a raw stream request, and subscribes it; on a refusal,
+/// answers it and closes the connection (`None`).
+async fn open<S>(
+    socket: &mut S,
+    peer: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+    state: &AppState,
+) -> Option<(Streaming, &'static str)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match tokio::time::timeout_at(deadline, read_head(socket)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(Some(error))) => {
+            answer_error(socket, &error).await;
+            return None;
+        }
+        Ok(Err(None)) | Err(_) => return None,
+    };
+    let started = raw_request(&head, state, peer).and_then(|request| request.start(state));
+    drop(head);
+    match started {
+        Ok(started) => Some(started),
+        Err(error) => {
+            answer_error(socket, &error).await;
+            let _ = socket.shutdown().await;
+            None
+        }
+    }
 }
 
 /// Writes `bytes` and flushes them: TLS holds written bytes until flushed.
