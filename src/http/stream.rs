@@ -346,8 +346,10 @@ pub async fn serve_raw<S>(
         path = tracing::field::Empty,
         client = %peer.ip(),
     );
-    let opened =
-        tracing::Instrument::instrument(open(&mut socket, peer, deadline, &state), span).await;
+    // Boxed: reading the head takes buffers an idle stream's task must not
+    // keep carrying once the stream runs.
+    let opening = Box::pin(open(&mut socket, peer, deadline, &state));
+    let opened = tracing::Instrument::instrument(opening, span).await;
     let Some((mut streaming, content_type)) = opened else {
         return;
     };
