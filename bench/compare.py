@@ -412,7 +412,7 @@ def fanout_section():
             stop(hello.proc)
             server = Restmq().ready()
             runs["restmq"].append(fanout_py(server.port, "/q/{chan}", "/sse/{chan}", subs))
-            runs["ws"].append(bench_fanout(server.url, subs, "websocket"))
+            runs["ws"].append(bench_fanout(server.url, subs, "ws"))
             server.stop()
             log(f"   {[(k, v[-1]['secs'] if v[-1] else None) for k, v in runs.items()]}")
         nchan_secs = med(runs["nchan"], "secs")
@@ -425,7 +425,7 @@ def fanout_section():
 
 
 def latency_section():
-    for transport in ("sse", "websocket"):
+    for transport in ("sse", "ws"):
         runs = []
         for rep in range(REPS):
             server = Restmq().ready()
