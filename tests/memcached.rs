@@ -201,6 +201,18 @@ async fn pipelined_commands_are_answered_in_order() {
         "STORED\r\nVALUE p 0 10\r\n0123456789\r\nEND\r\n",
     )
     .await;
+    // A large value, arriving over many reads.
+    let big = "x".repeat(300_000);
+    mc.ask(
+        format!("set big 0 0 {}\r\n{big}\r\n", big.len()),
+        "STORED\r\n",
+    )
+    .await;
+    mc.ask(
+        "get big\r\n",
+        format!("VALUE big 0 {}\r\n{big}\r\nEND\r\n", big.len()),
+    )
+    .await;
     // Bare LF line ends are accepted, as memcached does.
     mc.ask(
         "set p 0 0 1\nz\r\nget p\n",
@@ -255,6 +267,12 @@ async fn errors_are_answered_and_change_nothing() {
     mc.send("0123456789").await;
     mc.send("012345678901234567890123456789\r").await;
     mc.ask("\nget q\r\n", "END\r\n").await;
+    // Exactly --max-body is fine.
+    mc.ask(
+        "set q 0 0 16\r\n0123456789abcdef\r\nget q\r\n",
+        "STORED\r\nVALUE q 0 16\r\n0123456789abcdef\r\nEND\r\n",
+    )
+    .await;
     // A data block not ended by CRLF.
     mc.ask(
         "set q 0 0 3\r\nabcXYget q\r\n",

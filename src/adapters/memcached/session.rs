@@ -26,6 +26,8 @@ use crate::store::NewMessage;
 const FLUSH_AT: usize = 64 * 1024;
 /// Room made in the input buffer before each read.
 const READ_CHUNK: usize = 4096;
+/// Most room made at once for a data block still coming.
+const MAX_RESERVE: usize = 64 * 1024;
 /// The first byte of every request of memcached's binary protocol.
 const BINARY_MAGIC: u8 = 0x80;
 /// Longest a closing connection is kept to read what its client still sends.
@@ -260,7 +262,9 @@ impl Session {
         }
         let whole = line_len + bytes + 2;
         if self.input.len() < whole {
-            self.input.reserve(whole - self.input.len());
+            // Room grows as the data comes, not as much as the client claims.
+            self.input
+                .reserve((whole - self.input.len()).min(MAX_RESERVE));
             return Step::More;
         }
         let block = self.input.split_to(whole);

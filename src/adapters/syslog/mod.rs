@@ -30,7 +30,7 @@ use crate::server::Serving;
 use crate::store::{NewMessage, now_millis};
 
 /// Room made in a connection's buffer before each read.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams already waiting that are read before publishing what came.
