@@ -429,4 +429,17 @@ mod tests {
         assert!(ttl(EXPTIME_ABSOLUTE + 1, now).is_err());
         assert!(ttl(-1, now).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_parses_or_is_refused(line in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse(&line);
+            let _ = queue_name(&line);
+        }
+
+        #[test]
+        fn any_exptime_is_judged(exptime in proptest::num::i64::ANY, now in proptest::num::u64::ANY) {
+            let _ = ttl(exptime, now);
+        }
+    }
 }

@@ -259,4 +259,34 @@ mod tests {
             plain(&["1234567890 <1>x"])
         );
     }
+
+    proptest::proptest! {
+        /// Whatever arrives, in whatever pieces: no panic, no message over
+        /// the limit, and no byte kept that was not sent.
+        #[test]
+        fn any_stream_is_framed(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            max in 1usize..64,
+        ) {
+            let mut framer = Framer::new(max);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut at = 0;
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                let cut = cut.min(bytes.len()).max(at);
+                buf.extend_from_slice(&bytes[at..cut]);
+                at = cut;
+                framer.frames(&mut buf, &mut out);
+            }
+            out.extend(framer.finish(&mut buf));
+            let total: usize = out.iter().map(|f| f.bytes.len()).sum();
+            proptest::prop_assert!(total <= bytes.len());
+            for frame in &out {
+                proptest::prop_assert!(frame.bytes.len() <= max);
+            }
+        }
+    }
 }

@@ -370,4 +370,13 @@ mod tests {
         assert_eq!(p.structured_data, None);
         assert_eq!(p.message, "[open no end");
     }
+
+    proptest::proptest! {
+        /// Whatever the line, it is read, and the message is part of it.
+        #[test]
+        fn any_line_is_read(line in "\\PC{0,120}|<[0-9]{1,3}>(1 )?[ -~]{0,80}") {
+            let parsed = parse(&line);
+            proptest::prop_assert!(line.contains(parsed.message));
+        }
+    }
 }
