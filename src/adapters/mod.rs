@@ -5,7 +5,9 @@
 //! given, answers to the same access rules, and is counted in the same metrics
 //! (the store is metered underneath every door).
 
+mod access;
 pub mod collectd;
+mod listen;
 pub mod memcached;
 pub mod sqs;
 pub mod syslog;
