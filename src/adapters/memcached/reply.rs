@@ -15,6 +15,8 @@ pub fn failure(error: &Error) -> String {
         | Error::BodyTooLarge { .. }
         | Error::HeadTooLarge { .. }
         | Error::BadBody(_)
+        | Error::InvalidBody(_)
+        | Error::UnsupportedMediaType(_)
         | Error::BodyTimeout { .. }
         | Error::TlsRequired
         | Error::EmptyQueue
