@@ -59,6 +59,10 @@ pub struct QueueConfig {
     pub max_len: u64,
     /// Seconds a message is kept at most, whatever its ttl; 0 keeps it.
     pub retention: u64,
+    /// Seconds a message published through the SQS door without a
+    /// `DelaySeconds` of its own stays invisible: the queue's SQS
+    /// `DelaySeconds` attribute. HTTP publishes name their own `delay`.
+    pub delay: u64,
 }
 
 /// Visibility of received messages when neither the request nor the queue says.
@@ -72,6 +76,7 @@ impl Default for QueueConfig {
             dead_letter: None,
             max_len: 0,
             retention: 0,
+            delay: 0,
         }
     }
 }
