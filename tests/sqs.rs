@@ -511,6 +511,30 @@ async fn address_rules_and_credentials_apply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_attributes_survive_a_restart() {
+    let server = TestServer::configured(Backend::Embedded, with_sqs)
+        .await
+        .expect("the embedded store");
+    let set = r#"{"QueueUrl": "http://h/000000000000/kept", "Attributes": {"DelaySeconds": "7", "VisibilityTimeout": "50"}}"#;
+    let (status, _, body) = json_call(&server, "AmazonSQS.SetQueueAttributes", set).await;
+    assert_eq!(status, 200, "{body}");
+    // A change over HTTP keeps the SQS door's delay.
+    let answer = server
+        .post_raw("/config/kept", "application/json", r#"{"max_len": 5}"#)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let server = server.restart().await;
+    let get = r#"{"QueueUrl": "http://h/000000000000/kept", "AttributeNames": ["DelaySeconds", "VisibilityTimeout"]}"#;
+    let (status, _, body) = json_call(&server, "AmazonSQS.GetQueueAttributes", get).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["Attributes"],
+        serde_json::json!({"DelaySeconds": "7", "VisibilityTimeout": "50"})
+    );
+    assert_eq!(server.get("/config/kept").await.json()["max_len"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_answer_at_shutdown() {
     let server = TestServer::configured(Backend::Embedded, with_sqs)
         .await

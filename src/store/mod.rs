@@ -437,3 +437,18 @@ pub fn now_millis() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_stored_before_the_delay_existed_still_read() {
+        let old =
+            r#"{"visibility":40,"max_receives":2,"dead_letter":"dlq","max_len":0,"retention":60}"#;
+        let config: QueueConfig = serde_json::from_str(old).expect("an old config reads");
+        assert_eq!(config.visibility, 40);
+        assert_eq!(config.dead_letter.as_deref(), Some("dlq"));
+        assert_eq!(config.delay, 0);
+    }
+}
