@@ -476,6 +476,14 @@ async fn bad_input_changes_nothing() {
     }
     let stats = server.get("/stats/bad").await.json();
     assert_eq!(stats["len"], 0, "nothing was sent: {stats}");
+    // Timed by action; unknown actions mint no label.
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metrics.contains(r#"method="POST",route="sqs:SendMessage""#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"route="sqs""#), "{metrics}");
+    assert!(!metrics.contains("Explode"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

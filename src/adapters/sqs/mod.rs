@@ -24,6 +24,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, request::Parts};
 use axum::response::Response;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use self::error::{Code, SqsError};
 use self::input::{Call, Protocol};
@@ -259,30 +260,59 @@ fn call(protocol: Protocol, parts: &Parts, body: &[u8]) -> Result<Call, SqsError
     }
 }
 
-/// Serves one request.
+/// Serves one request, in a span naming its client, and times it in the
+/// HTTP latency histogram under the route `sqs:<Action>` (`sqs` when the
+/// action is unknown, so clients cannot mint labels).
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    let id = output::request_id();
+    let started = tokio::time::Instant::now();
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let method = request.method().clone();
+    let span = tracing::info_span!("sqs", client = %peer, action = tracing::field::Empty);
+    let (response, route) = answer(&state, peer, request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    state.metrics.http(method.as_str(), &route, elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "answered"
+        );
+    });
+    response
+}
+
+/// The answer to a request, and its route for the metrics.
+async fn answer(state: &AppState, peer: IpAddr, request: Request) -> (Response, String) {
+    let id = output::request_id();
     let (parts, body_stream) = request.into_parts();
     let protocol = input::protocol(
         header(&parts.headers, "x-amz-target"),
         header(&parts.headers, "content-type"),
     );
-    let body = match body(&state, body_stream).await {
+    let unknown = "sqs".to_owned();
+    let body = match body(state, body_stream).await {
         Ok(body) => body,
-        Err(error) => return output::failure(protocol, &error, &id),
+        Err(error) => return (output::failure(protocol, &error, &id), unknown),
     };
     let call = match call(protocol, &parts, &body) {
         Ok(call) => call,
-        Err(error) => return output::failure(protocol, &error, &id),
+        Err(error) => return (output::failure(protocol, &error, &id), unknown),
     };
-    match serve(&state, peer, &parts, &body, &call).await {
+    let route = match need(&call.action) {
+        Some(_) => {
+            tracing::Span::current().record("action", call.action.as_str());
+            format!("sqs:{}", call.action)
+        }
+        None => unknown,
+    };
+    let response = match serve(state, peer, &parts, &body, &call).await {
         Ok(result) => output::success(protocol, &call.action, &result, &id),
         Err(error) => output::failure(protocol, &error, &id),
-    }
+    };
+    (response, route)
 }
 
 async fn serve(
