@@ -116,9 +116,14 @@ fn malformed(name: &str) -> SqsError {
     SqsError::invalid(format!("The parameter {name} is malformed."))
 }
 
+/// Most dot-separated parts of a parameter name: SQS's deepest is
+/// `SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.StringValue`.
+/// Reading is recursive, so a deeper name must not reach it.
+const MAX_DEPTH: usize = 8;
+
 fn insert(root: &mut BTreeMap<String, Node>, name: &str, value: &str) -> Result<(), SqsError> {
     let parts: Vec<&str> = name.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
+    if parts.len() > MAX_DEPTH || parts.iter().any(|p| p.is_empty()) {
         return Err(malformed(name));
     }
     let mut node = root;
@@ -353,9 +358,12 @@ mod tests {
             vec![("Action", "X"), ("AttributeName.x", "1")],
             vec![("Action", "X"), ("AttributeName.0", "1")],
             vec![("Action", "X"), ("Attribute.1.Value", "1")],
+            vec![("Action", "X"), ("a.b.c.d.e.f.g.h.i", "1")],
         ] {
             assert!(query_call(&pairs(&bad)).is_err(), "{bad:?}");
         }
+        let deep = "a.".repeat(100_000) + "a";
+        assert!(query_call(&pairs(&[("Action", "X"), (&deep, "1")])).is_err());
         assert_eq!(
             query_call(&pairs(&[("Version", "1")])).map_err(|e| e.code),
             Err(Code::MissingParameter)

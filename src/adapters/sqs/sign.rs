@@ -433,7 +433,22 @@ mod tests {
                 "{bad}"
             );
         }
+        // Signed header names that are no header names sign nothing, and
+        // do not panic.
+        let headers = HeaderMap::new();
+        let request = Signed {
+            method: "POST",
+            path: "/a b/%zz",
+            query: "x=%&=y&z",
+            headers: &headers,
+            body: b"",
+        };
+        let odd: Vec<String> = ["bad name", "\u{0}", "", "h\u{e9}"]
+            .map(String::from)
+            .to_vec();
+        assert!(request.canonical_request(&odd).contains("bad name:\n"));
         assert_eq!(parse_amz_date("20150830T123600"), None);
+        assert_eq!(parse_amz_date("2015083\u{e9}123600Z"), None);
         assert_eq!(parse_amz_date("2015083OT123600Z"), None);
         assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
     }
