@@ -164,6 +164,135 @@ async fn signatures_are_verified_with_keys() {
     );
 }
 
+/// `now` as `x-amz-date` writes it.
+fn amz_date(now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// A query protocol request to `path_and_query` with a form `body`, signed
+/// with `secret` by restmq's own signer, as an SDK would.
+async fn signed_query(
+    server: &TestServer,
+    path_and_query: &str,
+    body: &str,
+    secret: &str,
+) -> (u16, String) {
+    use restmq::adapters::sqs::sign::{Signed, hex, hmac, signing_key, string_to_sign};
+    let door = server.doors.sqs.expect("the SQS door is on");
+    let date = amz_date(std::time::SystemTime::now());
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("host", door.to_string().parse().expect("a value"));
+    headers.insert("x-amz-date", date.parse().expect("a value"));
+    headers.insert(
+        "content-type",
+        "application/x-www-form-urlencoded; charset=utf-8"
+            .parse()
+            .expect("a value"),
+    );
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let signed_headers: Vec<String> = ["content-type", "host", "x-amz-date"]
+        .map(String::from)
+        .to_vec();
+    let canonical = Signed {
+        method: "POST",
+        path,
+        query,
+        headers: &headers,
+        body: body.as_bytes(),
+    }
+    .canonical_request(&signed_headers);
+    let scope = format!("{}/us-east-1/sqs/aws4_request", &date[..8]);
+    let key = signing_key(secret, &date[..8], "us-east-1", "sqs");
+    let signature = hex(&hmac(
+        &key,
+        string_to_sign(&date, &scope, &canonical).as_bytes(),
+    ));
+    let response = server
+        .client
+        .post(sqs_url(server, path_and_query))
+        .headers(headers)
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=AKIDQUERY/{scope}, SignedHeaders=content-type;host;x-amz-date, Signature={signature}"
+            ),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the door answers");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("a body"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_query_requests_at_a_queue_url() {
+    let (server, _dir) =
+        with_rules("[sqs:AKIDQUERY]\nsecret_key = query-secret\npublish = *\n").await;
+    let body = "MessageBody=a%20b%2Bc%26d&Version=2012-11-05";
+    let (status, xml) = signed_query(
+        &server,
+        "/000000000000/signed-q?Action=SendMessage",
+        body,
+        "query-secret",
+    )
+    .await;
+    assert_eq!(status, 200, "{xml}");
+    assert_eq!(server.pop("signed-q").await.expect("sent").1, "a b+c&d");
+    let (status, xml) = signed_query(
+        &server,
+        "/000000000000/signed-q?Action=SendMessage",
+        body,
+        "another secret",
+    )
+    .await;
+    assert_eq!(status, 403, "{xml}");
+    assert_eq!(texts(&xml, "Code"), ["SignatureDoesNotMatch"]);
+    // The key may publish only: a refused purge leaves the message.
+    let (status, xml) = signed_query(
+        &server,
+        "/000000000000/signed-q?Action=SendMessage",
+        "MessageBody=kept",
+        "query-secret",
+    )
+    .await;
+    assert_eq!(status, 200, "{xml}");
+    let (status, xml) = signed_query(
+        &server,
+        "/000000000000/signed-q?Action=PurgeQueue",
+        "",
+        "query-secret",
+    )
+    .await;
+    assert_eq!(status, 403, "{xml}");
+    assert_eq!(texts(&xml, "Code"), ["AccessDenied"]);
+    assert_eq!(server.pop("signed-q").await.expect("kept").1, "kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_protocol_speaks_xml() {
     let server = TestServer::configured(Backend::Embedded, with_sqs)
