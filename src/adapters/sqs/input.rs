@@ -385,6 +385,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, reading it answers (an error at worst).
+        #[test]
+        fn any_input_is_read_without_panicking(
+            names in proptest::collection::vec("[A-Za-z0-9.]{0,12}", 0..12),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let pairs: Vec<(String, String)> =
+                names.iter().map(|n| (n.clone(), "v".to_owned())).collect();
+            let _ = query_call(&pairs);
+            let _ = json_call(Some("AmazonSQS.SendMessage"), &body);
+        }
+    }
+
     #[test]
     fn integers_come_as_numbers_or_text() {
         let input = json!({"a": 3, "b": "4", "c": "x", "d": 11, "e": 1.5})
