@@ -16,6 +16,11 @@
 //! publish = jobs/* builds
 //! consume = jobs/*
 //! admin = jobs/*
+//!
+//! [sqs:AKIDEXAMPLE]
+//! secret_key = <the secret access key, which SigV4 needs as is>
+//! publish = jobs/*
+//! consume = jobs/*
 //! ```
 
 use std::fmt;
@@ -302,11 +307,35 @@ impl Token {
     }
 }
 
+/// An access key of the SQS door (`[sqs:<id>]`): the secret its AWS
+/// Signature Version 4 signatures are verified with, and rights as a token's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SqsKey {
+    /// The access key id.
+    pub id: String,
+    /// The secret access key: SigV4 signs with the secret itself, so the
+    /// file holds it, not a digest.
+    pub secret: String,
+    /// What the key may do, as a token named `sqs:<id>`.
+    pub grant: Token,
+}
+
+/// Never prints the secret.
+impl fmt::Debug for SqsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqsKey")
+            .field("id", &self.id)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every rule of an ACL file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     sections: [Section; 4],
     tokens: Vec<Token>,
+    sqs_keys: Vec<SqsKey>,
 }
 
 /// What a request presents to be let in.
@@ -358,7 +387,31 @@ pub enum Denial {
 impl Rules {
     /// Whether any rule restricts anything.
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty() && self.sections.iter().all(|s| *s == Section::default())
+        self.tokens.is_empty()
+            && self.sqs_keys.is_empty()
+            && self.sections.iter().all(|s| *s == Section::default())
+    }
+
+    /// Whether the address rules of `category` let `ip` in.
+    pub fn admits(&self, category: Category, ip: IpAddr) -> bool {
+        self.sections[category.index()].admits(canonical(ip))
+    }
+
+    /// Whether requests of `category` must present credentials (HTTP Basic
+    /// or a token), which an SQS client cannot.
+    pub fn needs_credentials(&self, category: Category) -> bool {
+        self.sections[category.index()].basic.is_some() || !self.tokens.is_empty()
+    }
+
+    /// Whether any SQS access key is configured: then the SQS door verifies
+    /// every signature.
+    pub fn has_sqs_keys(&self) -> bool {
+        !self.sqs_keys.is_empty()
+    }
+
+    /// The SQS access key with this id.
+    pub fn sqs_key(&self, id: &str) -> Option<&SqsKey> {
+        self.sqs_keys.iter().find(|key| key.id == id)
     }
 
     /// Decides whether a request of `category` from `ip`, presenting
@@ -447,7 +500,7 @@ fn decode_basic(encoded: &str) -> Option<(String, String)> {
 pub fn parse(text: &str) -> Result<Rules, ParseError> {
     let mut rules = Rules::default();
     let mut plain: [Entries; 4] = Default::default();
-    let mut tokens: Vec<(usize, String, Entries)> = Vec::new();
+    let mut named: Vec<(usize, Kind, String, Entries)> = Vec::new();
     let mut current: Option<Target> = None;
     let mut continuing = false;
     for (n, raw) in text.lines().enumerate() {
@@ -460,7 +513,7 @@ pub fn parse(text: &str) -> Result<Rules, ParseError> {
         // An indented line continues the previous value, as in ConfigParser.
         if raw.starts_with([' ', '\t']) {
             let last = continuing
-                .then(|| entries(&mut plain, &mut tokens, current.as_ref()))
+                .then(|| entries(&mut plain, &mut named, current.as_ref()))
                 .flatten()
                 .and_then(|entries| entries.last_mut());
             match last {
@@ -478,11 +531,11 @@ pub fn parse(text: &str) -> Result<Rules, ParseError> {
                 .ok_or_else(|| error(format!("{trimmed:?} is not a section header")))?
                 .trim();
             current = Some(section_target(name).map_err(error)?);
-            if let Some(Target::Token(token)) = &current {
-                if tokens.iter().any(|(_, name, _)| name == token) {
-                    return Err(error(format!("the token {token:?} is defined twice")));
+            if let Some(Target::Named(kind, name)) = &current {
+                if named.iter().any(|(_, k, n, _)| k == kind && n == name) {
+                    return Err(error(format!("the {kind} {name:?} is defined twice")));
                 }
-                tokens.push((line, token.clone(), Vec::new()));
+                named.push((line, *kind, name.clone(), Vec::new()));
             }
             continuing = false;
             continue;
@@ -494,7 +547,7 @@ pub fn parse(text: &str) -> Result<Rules, ParseError> {
         };
         let key = trimmed[..at].trim().to_ascii_lowercase();
         let value = trimmed[at + 1..].trim().to_owned();
-        let entries = entries(&mut plain, &mut tokens, current.as_ref())
+        let entries = entries(&mut plain, &mut named, current.as_ref())
             .ok_or_else(|| error(format!("{key} is outside any section")))?;
         if entries.iter().any(|(_, k, _)| *k == key) {
             return Err(error(format!("{key} is set twice in this section")));
@@ -505,8 +558,11 @@ pub fn parse(text: &str) -> Result<Rules, ParseError> {
     for category in Category::ALL {
         rules.sections[category.index()] = section(&plain[category.index()])?;
     }
-    for (line, name, entries) in tokens {
-        rules.tokens.push(token(line, name, &entries)?);
+    for (line, kind, name, entries) in named {
+        match kind {
+            Kind::Token => rules.tokens.push(token(line, name, &entries)?),
+            Kind::SqsKey => rules.sqs_keys.push(sqs_key(line, name, &entries)?),
+        }
     }
     Ok(rules)
 }
@@ -514,10 +570,28 @@ pub fn parse(text: &str) -> Result<Rules, ParseError> {
 /// The keys of a section as read: line, key, value.
 type Entries = Vec<(usize, String, String)>;
 
+/// Sections named after what they define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `[token:<name>]`.
+    Token,
+    /// `[sqs:<access key id>]`.
+    SqsKey,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Token => "token",
+            Kind::SqsKey => "SQS access key",
+        })
+    }
+}
+
 /// Where the keys of the current section go.
 enum Target {
     Category(Category),
-    Token(String),
+    Named(Kind, String),
 }
 
 fn section_target(name: &str) -> Result<Target, String> {
@@ -529,25 +603,34 @@ fn section_target(name: &str) -> Result<Target, String> {
         if token.is_empty() {
             return Err("a token section needs a name: [token:<name>]".into());
         }
-        return Ok(Target::Token(token.to_owned()));
+        return Ok(Target::Named(Kind::Token, token.to_owned()));
+    }
+    if let Some(id) = name.strip_prefix("sqs:") {
+        let id = id.trim();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(
+                "an SQS key section needs its access key id, letters and digits: [sqs:<id>]".into(),
+            );
+        }
+        return Ok(Target::Named(Kind::SqsKey, id.to_owned()));
     }
     Err(format!(
         "unknown section [{name}]: sections are rest:producer, rest:consumer, \
-         comet:consumer, websocket:consumer and token:<name>"
+         comet:consumer, websocket:consumer, token:<name> and sqs:<access key id>"
     ))
 }
 
 fn entries<'a>(
     plain: &'a mut [Entries; 4],
-    tokens: &'a mut [(usize, String, Entries)],
+    named: &'a mut [(usize, Kind, String, Entries)],
     current: Option<&Target>,
 ) -> Option<&'a mut Entries> {
     match current? {
         Target::Category(category) => Some(&mut plain[category.index()]),
-        Target::Token(name) => tokens
+        Target::Named(kind, name) => named
             .iter_mut()
-            .find(|(_, n, _)| n == name)
-            .map(|(_, _, entries)| entries),
+            .find(|(_, k, n, _)| k == kind && n == name)
+            .map(|(_, _, _, entries)| entries),
     }
 }
 
@@ -613,6 +696,38 @@ fn token(line: usize, name: String, entries: &Entries) -> Result<Token, ParseErr
         digest,
         rights,
     })
+}
+
+fn sqs_key(line: usize, id: String, entries: &Entries) -> Result<SqsKey, ParseError> {
+    let mut secret = None;
+    let mut rights = Vec::new();
+    for (at, key, value) in entries {
+        let error = |message: String| ParseError { line: *at, message };
+        match key.as_str() {
+            "secret_key" if value.is_empty() => {
+                return Err(error("secret_key is empty".into()));
+            }
+            "secret_key" => secret = Some(value.clone()),
+            "publish" => push_patterns(&mut rights, Right::Publish, value),
+            "consume" => push_patterns(&mut rights, Right::Consume, value),
+            "admin" => push_patterns(&mut rights, Right::Admin, value),
+            other => {
+                return Err(error(format!(
+                    "unknown key {other}: an SQS key has secret_key, publish, consume and admin"
+                )));
+            }
+        }
+    }
+    let secret = secret.ok_or_else(|| ParseError {
+        line,
+        message: format!("the SQS access key {id:?} has no secret_key"),
+    })?;
+    let grant = Token {
+        name: format!("sqs:{id}"),
+        digest: [0; 32],
+        rights,
+    };
+    Ok(SqsKey { id, secret, grant })
 }
 
 fn push_patterns(rights: &mut Vec<(Right, Pattern)>, right: Right, value: &str) {
@@ -1064,6 +1179,42 @@ mod tests {
     }
 
     #[test]
+    fn sqs_keys_hold_their_secret_and_rights() {
+        let rules = parse(
+            "[rest:producer]\nhosts_allow = 10.0.0.0/8\n\
+             [sqs:AKIDEXAMPLE]\nsecret_key = wJalr/K7+x\npublish = jobs/*\nconsume = *\n\
+             [token:AKIDEXAMPLE]\nsha256 = 00000000000000000000000000000000000000000000000000000000000000aa\n",
+        )
+        .expect("parses");
+        assert!(!rules.is_open());
+        assert!(rules.has_sqs_keys());
+        let key = rules.sqs_key("AKIDEXAMPLE").expect("the key");
+        assert_eq!(key.secret, "wJalr/K7+x");
+        assert!(
+            !format!("{key:?}").contains("wJalr"),
+            "Debug hides the secret"
+        );
+        assert!(key.grant.allows(Right::Publish, Some("jobs/1")));
+        assert!(!key.grant.allows(Right::Publish, Some("other")));
+        assert!(key.grant.allows(Right::Consume, None));
+        assert!(!key.grant.allows(Right::Admin, Some("jobs/1")));
+        assert!(rules.sqs_key("AKIDOTHER").is_none());
+        assert!(rules.admits(Category::RestProducer, ip("10.1.1.1")));
+        assert!(!rules.admits(Category::RestProducer, ip("11.1.1.1")));
+        assert!(
+            rules.needs_credentials(Category::RestConsumer),
+            "a token is defined"
+        );
+        let keys_only = parse("[sqs:K]\nsecret_key = s\n").expect("parses");
+        assert!(!keys_only.needs_credentials(Category::RestProducer));
+        assert_eq!(
+            keys_only.decide(Category::RestProducer, ip("127.0.0.1"), &NOBODY),
+            Ok(Grant::Full),
+            "SQS keys do not close the HTTP routes"
+        );
+    }
+
+    #[test]
     fn patterns() {
         let m = |p: &str, n: &str| Pattern(p.to_owned()).matches(n);
         assert!(m("*", "anything/at all"));
@@ -1133,6 +1284,16 @@ mod tests {
             ("[rest:consumer\n", 1, "not a section header"),
             ("[rest:consumer]\njust words\n", 2, "neither a section"),
             ("  indented\n", 1, "continues no value"),
+            ("[sqs:]\n", 1, "access key id"),
+            ("[sqs:AK ID]\n", 1, "access key id"),
+            ("[sqs:AK]\npublish = *\n", 1, "no secret_key"),
+            ("[sqs:AK]\nsecret_key =\n", 2, "secret_key is empty"),
+            ("[sqs:AK]\nsecret = s\n", 2, "unknown key secret"),
+            (
+                "[sqs:AK]\nsecret_key = s\n[sqs:AK]\nsecret_key = t\n",
+                3,
+                "defined twice",
+            ),
         ];
         for (text, line, wanted) in cases {
             let error = parse(text).expect_err(text);

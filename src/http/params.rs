@@ -95,6 +95,11 @@ impl Params {
         })
     }
 
+    /// Every parameter, in order, as sent.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
     /// The last value of `name`, as sent.
     pub fn raw(&self, name: &str) -> Option<&str> {
         self.pairs

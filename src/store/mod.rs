@@ -59,6 +59,10 @@ pub struct QueueConfig {
     pub max_len: u64,
     /// Seconds a message is kept at most, whatever its ttl; 0 keeps it.
     pub retention: u64,
+    /// Seconds a message published through the SQS door without a
+    /// `DelaySeconds` of its own stays invisible: the queue's SQS
+    /// `DelaySeconds` attribute. HTTP publishes name their own `delay`.
+    pub delay: u64,
 }
 
 /// Visibility of received messages when neither the request nor the queue says.
@@ -72,6 +76,7 @@ impl Default for QueueConfig {
             dead_letter: None,
             max_len: 0,
             retention: 0,
+            delay: 0,
         }
     }
 }
@@ -431,4 +436,19 @@ pub fn now_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_stored_before_the_delay_existed_still_read() {
+        let old =
+            r#"{"visibility":40,"max_receives":2,"dead_letter":"dlq","max_len":0,"retention":60}"#;
+        let config: QueueConfig = serde_json::from_str(old).expect("an old config reads");
+        assert_eq!(config.visibility, 40);
+        assert_eq!(config.dead_letter.as_deref(), Some("dlq"));
+        assert_eq!(config.delay, 0);
+    }
 }

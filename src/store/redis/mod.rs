@@ -730,6 +730,7 @@ impl RedisStore {
             dead_letter: fields.get("dead_letter").cloned(),
             max_len: number("max_len", defaults.max_len),
             retention: number("retention", defaults.retention),
+            delay: number("delay", defaults.delay),
         })
     }
 
@@ -1111,6 +1112,7 @@ impl Store for RedisStore {
                     ("max_receives", config.max_receives),
                     ("max_len", config.max_len),
                     ("retention", config.retention),
+                    ("delay", config.delay),
                 ],
             )
             .ignore();
