@@ -207,7 +207,10 @@ impl From<Error> for SqsError {
             Error::InvalidParameter { .. } | Error::InvalidCallback => Code::InvalidParameterValue,
             Error::MalformedJson(_) => Code::SerializationException,
             Error::BodyTooLarge { .. } | Error::HeadTooLarge { .. } => Code::RequestEntityTooLarge,
-            Error::BadBody(_) | Error::TlsRequired => Code::InvalidParameterValue,
+            Error::BadBody(_)
+            | Error::InvalidBody(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::TlsRequired => Code::InvalidParameterValue,
             Error::BodyTimeout { .. } => Code::RequestTimeout,
             Error::EmptyQueue | Error::NotFound => Code::QueueDoesNotExist,
             Error::StaleReceipts(_) => Code::MessageNotInflight,
