@@ -242,23 +242,36 @@ pub async fn accept(listener: TcpListener, router: Router, direct_streams: bool,
     };
     let settings = serving.state.server.clone();
     let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
+    let state = serving.state.clone();
+    let stop = serving.stop_signal();
+    accept_each(
+        listener,
+        &serving,
+        |socket, peer| connection(socket, peer, state.clone(), site.clone(), stop.clone()),
+        |socket| refuse(socket, &settings, &refusals),
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` until shutdown begins: each one let in
+/// (see [`Serving::admit`]) is served by `serve` in a task of its own, which
+/// holds its admission; each past `--max-connections` goes to `refuse`.
+pub async fn accept_each<S, Fut, R>(listener: TcpListener, serving: &Serving, serve: S, refuse: R)
+where
+    S: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream),
+{
     let mut stop = serving.stop_signal();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    // Admission lives as long as the connection's task.
                     let Some(admitted) = serving.admit() else {
-                        refuse(socket, &settings, &refusals);
+                        refuse(socket);
                         continue;
                     };
-                    let served = connection(
-                        socket,
-                        peer,
-                        serving.state.clone(),
-                        site.clone(),
-                        serving.stop_signal(),
-                    );
+                    let served = serve(socket, peer);
                     tokio::spawn(async move {
                         served.await;
                         drop(admitted);

@@ -164,29 +164,14 @@ async fn signatures_are_verified_with_keys() {
     );
 }
 
-/// `now` as `x-amz-date` writes it.
+/// `now` as `x-amz-date` writes it: RFC 3339 without separators or fraction.
 fn amz_date(now: std::time::SystemTime) -> String {
-    let secs = now
+    let ms = now
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
-        .as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+        .as_millis();
+    let rfc3339 = restmq::adapters::syslog::rfc3339(u64::try_from(ms).expect("in range"));
+    format!("{}Z", rfc3339[..19].replace(['-', ':'], ""))
 }
 
 /// A query protocol request to `path_and_query` with a form `body`, signed

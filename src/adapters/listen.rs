@@ -12,11 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::server::Serving;
+use crate::server::{self, Serving};
 
-/// Pause after a failed accept (out of file descriptors, say), so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest a connection refused for the limit is kept, to be told so.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// Refused connections being told so at once; past it, one more is closed
@@ -36,31 +33,10 @@ pub async fn accept<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let mut stop = serving.stop_signal();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    // Admission lives as long as the connection's task.
-                    let Some(admitted) = serving.admit() else {
-                        refuse(socket, refusal, &refusing);
-                        continue;
-                    };
-                    let served = serve(socket, peer);
-                    tokio::spawn(async move {
-                        served.await;
-                        drop(admitted);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            // Sent once, at shutdown (or the sender is gone: shutting down too).
-            _ = stop.changed() => break,
-        }
-    }
+    server::accept_each(listener, &serving, serve, |socket| {
+        refuse(socket, refusal, &refusing)
+    })
+    .await;
 }
 
 /// Tells a connection past the limit so, in a task of its own, then closes it.

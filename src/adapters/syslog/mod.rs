@@ -13,6 +13,8 @@ mod framing;
 mod parse;
 mod record;
 
+pub use record::rfc3339;
+
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
