@@ -10,7 +10,7 @@ mod openapi;
 pub mod params;
 mod reliable;
 pub mod stream;
-mod trace;
+pub(crate) mod trace;
 mod ui;
 mod ws_ack;
 

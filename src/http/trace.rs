@@ -35,7 +35,21 @@ pub async fn span(State(state): State<AppState>, request: Request, next: Next) -
     let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state.metrics.http(method.as_str(), route, elapsed);
+    answered(&state, &span, method.as_str(), route, &response, elapsed);
+    response
+}
+
+/// Counts an answered request in the latency histogram under `route`, and
+/// logs it in its span (at debug level) with its status and time.
+pub fn answered(
+    state: &AppState,
+    span: &tracing::Span,
+    method: &str,
+    route: &str,
+    response: &Response,
+    elapsed: std::time::Duration,
+) {
+    state.metrics.http(method, route, elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
@@ -43,5 +57,4 @@ pub async fn span(State(state): State<AppState>, request: Request, next: Next) -
             "answered"
         );
     });
-    response
 }

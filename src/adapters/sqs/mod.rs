@@ -16,11 +16,11 @@ pub mod output;
 mod queues;
 pub mod sign;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, request::Parts};
 use axum::response::Response;
 use serde_json::{Map, Value};
@@ -265,22 +265,12 @@ fn call(protocol: Protocol, parts: &Parts, body: &[u8]) -> Result<Call, SqsError
 /// action is unknown, so clients cannot mint labels).
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let started = tokio::time::Instant::now();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let peer = crate::http::trace::peer(&request);
     let method = request.method().clone();
     let span = tracing::info_span!("sqs", client = %peer, action = tracing::field::Empty);
     let (response, route) = answer(&state, peer, request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    state.metrics.http(method.as_str(), &route, elapsed);
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "answered"
-        );
-    });
+    crate::http::trace::answered(&state, &span, method.as_str(), &route, &response, elapsed);
     response
 }
 
