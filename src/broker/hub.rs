@@ -280,6 +280,10 @@ struct Slot {
     /// for [`StreamLimits::max_queue_consumers`].
     subscribed: AtomicUsize,
     streams: Mutex<Streams>,
+    /// Held by the dispatcher for each pass, from reading the queue's status
+    /// to handing out (or putting back) what it popped, so that a pause can
+    /// wait for a pass that read the status before it.
+    pass: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
@@ -426,6 +430,16 @@ impl Hub {
     /// queue was resumed.
     pub fn kick(&self, queue: &QueueName) {
         self.inner.kick(queue);
+    }
+
+    /// Waits for a dispatcher pass of `queue` in progress to finish: once a
+    /// pause is stored, a pass that read the status before it could still
+    /// pop what is published after the pause returns.
+    pub async fn settle(&self, queue: &QueueName) {
+        let slot = read(&self.inner.slots).get(queue).cloned();
+        if let Some(slot) = slot {
+            drop(slot.pass.lock().await);
+        }
     }
 
     /// Registers a consumer of `queue`; refused when shutting down or when a
@@ -668,6 +682,7 @@ impl Inner {
                     arrivals: Arc::new(Notify::new()),
                     waiting: AtomicUsize::new(0),
                     subscribed: AtomicUsize::new(0),
+                    pass: tokio::sync::Mutex::new(()),
                     streams: Mutex::new(Streams {
                         consumers: Vec::new(),
                         recent: VecDeque::new(),
@@ -753,6 +768,7 @@ async fn dispatch(hub: Arc<Inner>, slot: Arc<Slot>) {
 async fn drain(hub: &Inner, slot: &Slot) -> Result<(), crate::store::StoreError> {
     let queue = slot.name.as_str();
     loop {
+        let _pass = slot.pass.lock().await;
         let info = hub.store.queue(queue).await?.unwrap_or_default();
         if info.status == Some(Status::Stopped) {
             return Ok(());

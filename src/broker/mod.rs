@@ -351,8 +351,9 @@ impl Broker {
     /// Starts or stops streaming delivery of `queue`; starting delivers the backlog.
     pub async fn set_status(&self, queue: &QueueName, status: Status) -> Result<(), Error> {
         self.store.set_status(queue.as_str(), status).await?;
-        if status == Status::Started {
-            self.hub.kick(queue);
+        match status {
+            Status::Started => self.hub.kick(queue),
+            Status::Stopped => self.hub.settle(queue).await,
         }
         Ok(())
     }
