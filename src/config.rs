@@ -58,8 +58,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_CEILING))]
     pub max_body: u64,
 
-    /// How logs are written to stderr. Each request is a span (method, path,
-    /// client); `RUST_LOG=debug` also logs each answer with its status and time.
+    /// How logs are written to stderr. With `RUST_LOG=debug`, each request is
+    /// a span (method, path, client) and each answer is logged with its status
+    /// and time.
     #[arg(long, env = "RESTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -337,10 +337,11 @@ pub async fn serve_raw<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The request's span covers reading and deciding the request, not the
-    // stream's whole life: the log subscriber keeps about 2 KB per live span,
-    // which would double what an idle stream costs.
-    let span = tracing::info_span!(
+    // The request's span (at debug level, as on the router) covers reading
+    // and deciding the request, not the stream's whole life: the log
+    // subscriber keeps about 2 KB per live span, which would double what an
+    // idle stream costs.
+    let span = tracing::debug_span!(
         "request",
         method = "GET",
         path = tracing::field::Empty,

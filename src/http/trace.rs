@@ -20,9 +20,12 @@ pub fn peer(request: &Request) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
 }
 
-/// The middleware: runs the request inside its span.
+/// The middleware: runs the request inside its span. The span is at debug
+/// level: at info, the log subscriber formats a span's fields when it is
+/// made, which measured 17% of the instructions of a whole request
+/// (callgrind, `GET /healthz`), for context that only debug logs use.
 pub async fn span(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),

@@ -267,7 +267,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let started = tokio::time::Instant::now();
     let peer = crate::http::trace::peer(&request);
     let method = request.method().clone();
-    let span = tracing::info_span!("sqs", client = %peer, action = tracing::field::Empty);
+    let span = tracing::debug_span!("sqs", client = %peer, action = tracing::field::Empty);
     let (response, route) = answer(&state, peer, request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     crate::http::trace::answered(&state, &span, method.as_str(), &route, &response, elapsed);
