@@ -1,6 +1,7 @@
 //! Access control at the HTTP door: which rules each route answers to, what a
-//! request presents, and the middleware that lets a request in, or refuses it
-//! before any work is done.
+//! request presents, and [`admit`], which the router's one middleware
+//! ([`super::trace::front`]) calls to let a request in, or refuse it, before
+//! any work is done.
 //!
 //! A route's queue, when its path names one, is checked here. Routes whose
 //! queue comes in the body (`POST /`, `POST /queue`, `/ack`, …) are let in by
@@ -8,11 +9,9 @@
 
 use std::net::IpAddr;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use crate::AppState;
@@ -209,8 +208,9 @@ fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
     Error::Forbidden(format!("{who} has no {right} right on {what}"))
 }
 
-/// The middleware: decides every request, and hands the grant to the handler.
-pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Decides a request before any work: on admission, hands the grant to the
+/// handler (as a request extension); otherwise, the refusal to answer.
+pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
     // Open rules (the default) skip classifying, which decodes the queue name.
     let open = state.access.rules().is_open();
     let need = if open {
@@ -223,19 +223,16 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         Some(need) => {
             // Served without our accept loop (which adds the peer), nothing
             // is known of the client: an address no rule allows.
-            let peer = super::trace::peer(&request);
+            let peer = super::trace::peer(request);
             let headers = request.headers();
             let credentials =
                 Credentials::read(|name| header(headers, name), request.uri().query());
             let forwarded = header(headers, "x-forwarded-for");
-            match decide(&state, &need, peer, forwarded, &credentials) {
-                Ok(grant) => grant,
-                Err(refused) => return refused.into_response(),
-            }
+            decide(state, &need, peer, forwarded, &credentials)?
         }
     };
     request.extensions_mut().insert(grant);
-    next.run(request).await
+    Ok(())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

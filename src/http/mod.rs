@@ -29,7 +29,6 @@ use crate::error::Error;
 /// original, whose handlers defined no `head`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
-    let guard = axum::middleware::from_fn_with_state(state.clone(), access::guard);
     Router::new()
         .route(
             "/",
@@ -90,10 +89,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(guard)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            trace::span,
+            trace::front,
         ))
         .with_state(state)
 }

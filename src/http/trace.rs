@@ -1,12 +1,13 @@
-//! One span per request, so that whatever a request logs carries its method,
-//! path and client; each answer's time goes to the latency histogram, and at
-//! debug level to the log with its status.
+//! The router's one middleware: a span per request (at debug level), so that
+//! whatever a request logs carries its method, path and client; the access
+//! check; each answer's time to the latency histogram, and at debug level to
+//! the log with its status.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -20,11 +21,14 @@ pub fn peer(request: &Request) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
 }
 
-/// The middleware: runs the request inside its span. The span is at debug
-/// level: at info, the log subscriber formats a span's fields when it is
-/// made, which measured 17% of the instructions of a whole request
-/// (callgrind, `GET /healthz`), for context that only debug logs use.
-pub async fn span(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The middleware every route passes: runs the request inside its span,
+/// decides it ([`super::access::admit`]) before any work, and times its
+/// answer. One layer rather than two: each `from_fn` layer clones and boxes
+/// the service below it per request. The span is at debug level: at info, the
+/// log subscriber formats a span's fields when it is made, which measured 17%
+/// of the instructions of a whole request (callgrind, `GET /healthz`), for
+/// context that only debug logs use.
+pub async fn front(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let span = tracing::debug_span!(
         "request",
         method = %request.method(),
@@ -35,7 +39,14 @@ pub async fn span(State(state): State<AppState>, request: Request, next: Next) -
     // The route's pattern, not the path: one series per route, whatever the queues.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = async {
+        match super::access::admit(&state, &mut request) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => refused.into_response(),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let elapsed = started.elapsed();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     answered(&state, &span, method.as_str(), route, &response, elapsed);
