@@ -13,6 +13,7 @@
 //! counter on the new owner is raised past theirs, so no message is lost and no
 //! key is reused.
 
+mod combine;
 mod keys;
 mod ring;
 mod scripts;
@@ -224,6 +225,8 @@ pub struct RedisStore {
     description: String,
     /// Messages this process moved to dead-letter queues.
     dead_lettered: super::DeadLettered,
+    /// Pops arriving together, taken by one script call.
+    pops: combine::Combiner,
 }
 
 /// Parses `per` values per message from a script's answer: key, value, expiry
@@ -455,6 +458,7 @@ impl RedisStore {
             events: Mutex::new(Some(rx)),
             description,
             dead_lettered: super::DeadLettered::default(),
+            pops: combine::Combiner::default(),
         })
     }
 
@@ -580,6 +584,17 @@ impl RedisStore {
     }
 
     /// A holder of `queue` turned out empty: drain it no more.
+    /// Pops up to `max` messages of `queue`, in one script call with the
+    /// other pops of the queue arriving meanwhile (see [`combine`]).
+    async fn pop_combined(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
+        let take = |n: usize| async move {
+            let taken = self.take(queue, n, &scripts::POP, 3, &[]).await?;
+            Ok(taken.into_iter().map(|(message, _)| message).collect())
+        };
+        let restore = |messages: Vec<Message>| Store::restore(self, queue, messages);
+        self.pops.pop(queue, max, take, restore).await
+    }
+
     fn drained(&self, queue: &str, holder: usize) {
         if let Backend::Ring(ring) = &self.backend {
             if let Some(route) = lock(&ring.routes).get(queue) {
@@ -922,17 +937,11 @@ impl Store for RedisStore {
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
-        Box::pin(async move {
-            let taken = self.take(queue, 1, &scripts::POP, 3, &[]).await?;
-            Ok(taken.into_iter().next().map(|(message, _)| message))
-        })
+        Box::pin(async move { Ok(self.pop_combined(queue, 1).await?.into_iter().next()) })
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
-        Box::pin(async move {
-            let taken = self.take(queue, max.max(1), &scripts::POP, 3, &[]).await?;
-            Ok(taken.into_iter().map(|(message, _)| message).collect())
-        })
+        Box::pin(self.pop_combined(queue, max.max(1)))
     }
 
     fn restore<'a>(&'a self, queue: &'a str, mut messages: Vec<Message>) -> StoreFuture<'a, ()> {
