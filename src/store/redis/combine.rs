@@ -4,11 +4,10 @@
 //! hands them out in arrival order (a pop that gets nothing found the queue
 //! empty, as it would have alone).
 //!
-//! No task of its own: the first pop to arrive leads a round for the pops
+//! The first pop to arrive starts a round, in a task of its own, for the pops
 //! waiting then; pops arriving meanwhile wait, and when the round is done the
-//! first of them is told to lead the next. A leader whose request is dropped
-//! mid-round hands the lead on the same way (its guard does), and the pops of
-//! its round see their answer's sender dropped and try again.
+//! first of them is told to start the next. A pop told so whose request is
+//! gone hands that on the same way (the lead's guard does).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,7 +52,9 @@ pub struct Combiner {
 impl Combiner {
     /// Pops up to `max` messages of `queue` with the pops arriving together:
     /// `take(n)` takes up to `n` for a round; `restore` puts back what was
-    /// taken for a pop whose request went away before it was told.
+    /// taken for a pop whose request went away before it was told. A round
+    /// runs in a task of its own: it takes for every pop waiting, so it must
+    /// not stop with the request of the pop that started it.
     pub async fn pop<T, TF, R, RF>(
         &self,
         queue: &str,
@@ -62,10 +63,10 @@ impl Combiner {
         restore: R,
     ) -> Result<Vec<Message>, StoreError>
     where
-        T: Fn(usize) -> TF,
-        TF: Future<Output = Result<Vec<Message>, StoreError>>,
-        R: Fn(Vec<Message>) -> RF,
-        RF: Future<Output = Result<(), StoreError>>,
+        T: FnOnce(usize) -> TF + Clone + Send + 'static,
+        TF: Future<Output = Result<Vec<Message>, StoreError>> + Send + 'static,
+        R: FnOnce(Vec<Message>) -> RF + Clone + Send + 'static,
+        RF: Future<Output = Result<(), StoreError>> + Send + 'static,
     {
         let mut lead: Option<Lead> = None;
         loop {
@@ -85,19 +86,23 @@ impl Combiner {
                     .map(|entry| std::mem::take(&mut entry.waiting))
                     .unwrap_or_default();
                 let wanted = round.iter().map(|w| w.max).sum::<usize>();
-                let taken = take(wanted).await;
-                let unsent = hand_out(round, taken);
-                drop(guard);
-                if !unsent.is_empty() {
-                    if let Err(e) = restore(unsent).await {
-                        tracing::warn!(%queue, error = %e, "cannot put back messages taken for a pop that went away");
+                let (take, restore, queue) = (take.clone(), restore.clone(), queue.to_owned());
+                tokio::spawn(async move {
+                    let taken = take(wanted).await;
+                    let unsent = hand_out(round, taken);
+                    // Put back before the next round, which would take past them.
+                    if !unsent.is_empty() {
+                        if let Err(e) = restore(unsent).await {
+                            tracing::warn!(%queue, error = %e, "cannot put back messages taken for a pop that went away");
+                        }
                     }
-                }
+                    drop(guard);
+                });
             }
             match told.await {
                 Ok(Told::Done(result)) => return result,
                 Ok(Told::Lead(guard)) => lead = Some(guard),
-                // Its round's leader went away mid-round: try again.
+                // Its round ended without answering (its task panicked): try again.
                 Err(_) => {}
             }
         }
@@ -212,6 +217,25 @@ mod tests {
         }
     }
 
+    /// A pop of up to `max` from `source`, through `combiner`.
+    fn pop(
+        combiner: &Arc<Combiner>,
+        source: &Arc<Source>,
+        max: usize,
+    ) -> tokio::task::JoinHandle<Result<Vec<Message>, StoreError>> {
+        let (combiner, taking, restoring) = (combiner.clone(), source.clone(), source.clone());
+        tokio::spawn(async move {
+            combiner
+                .pop(
+                    "q",
+                    max,
+                    move |n| async move { taking.take(n).await },
+                    move |back| async move { restoring.restore(back).await },
+                )
+                .await
+        })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pops_together_share_rounds_and_each_message_goes_once() {
         let source = Arc::new(Source::default());
@@ -221,16 +245,7 @@ mod tests {
             .unwrap_or_else(PoisonError::into_inner)
             .extend((1..=30).map(message));
         let combiner = Arc::new(Combiner::default());
-        let pops: Vec<_> = (0..50)
-            .map(|_| {
-                let (source, combiner) = (source.clone(), combiner.clone());
-                tokio::spawn(async move {
-                    combiner
-                        .pop("q", 1, |n| source.take(n), |back| source.restore(back))
-                        .await
-                })
-            })
-            .collect();
+        let pops: Vec<_> = (0..50).map(|_| pop(&combiner, &source, 1)).collect();
         let mut got = Vec::new();
         for pop in pops {
             let taken = pop.await.expect("no panic").expect("no failure");
@@ -248,7 +263,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_leader_that_goes_away_hands_the_lead_on() {
+    async fn a_round_outlives_the_pop_that_started_it() {
         let source = Arc::new(Source::default());
         source
             .messages
@@ -257,46 +272,39 @@ mod tests {
             .extend((1..=3).map(message));
         let combiner = Arc::new(Combiner::default());
         let stuck = Arc::new(tokio::sync::Notify::new());
-        // The first pop leads a round that never ends, then is dropped.
-        let leader = {
-            let (combiner, stuck) = (combiner.clone(), stuck.clone());
+        // The first round waits until told; the pop that started it goes away.
+        let first = {
+            let (combiner, source, stuck) = (combiner.clone(), source.clone(), stuck.clone());
+            let restoring = source.clone();
             tokio::spawn(async move {
                 combiner
                     .pop(
                         "q",
                         1,
-                        |_| {
-                            let stuck = stuck.clone();
-                            async move {
-                                stuck.notified().await;
-                                Ok(Vec::new())
-                            }
+                        move |n| async move {
+                            stuck.notified().await;
+                            source.take(n).await
                         },
-                        |_| async { Ok(()) },
+                        move |back| async move { restoring.restore(back).await },
                     )
                     .await
             })
         };
-        // Wait until it leads.
         while !lock(&combiner.queues).get("q").is_some_and(|q| q.leading) {
             tokio::task::yield_now().await;
         }
-        let follower = {
-            let (source, combiner) = (source.clone(), combiner.clone());
-            tokio::spawn(async move {
-                combiner
-                    .pop("q", 2, |n| source.take(n), |back| source.restore(back))
-                    .await
-            })
-        };
+        let second = pop(&combiner, &source, 2);
         while lock(&combiner.queues)
             .get("q")
             .is_none_or(|q| q.waiting.is_empty())
         {
             tokio::task::yield_now().await;
         }
-        leader.abort();
-        let taken = follower.await.expect("no panic").expect("no failure");
+        first.abort();
+        let _ = first.await;
+        stuck.notify_one();
+        // The message taken for the pop that went away is put back first.
+        let taken = second.await.expect("no panic").expect("no failure");
         assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(lock(&combiner.queues).is_empty(), "no leader left behind");
     }

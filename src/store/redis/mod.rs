@@ -214,8 +214,47 @@ enum Backend {
     Cluster(Box<ClusterBackend>),
 }
 
-/// Queue storage on Redis.
-pub struct RedisStore {
+/// Queue storage on Redis. Cheap to clone: a round of pops runs in a task
+/// of its own (see [`combine`]), which holds the store.
+#[derive(Clone)]
+pub struct RedisStore(Arc<Shared>);
+
+impl std::ops::Deref for RedisStore {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl RedisStore {
+    /// Connects (lazily) to `target`.
+    pub fn open(
+        target: &RedisTarget,
+        options: &RedisOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisStore, StoreError> {
+        Shared::open(target, options, clock).map(|shared| RedisStore(Arc::new(shared)))
+    }
+
+    /// Pops up to `max` messages of `queue`, in one script call with the
+    /// other pops of the queue arriving meanwhile (see [`combine`]).
+    async fn pop_combined(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
+        let (store, name) = (self.clone(), queue.to_owned());
+        let take = move |n: usize| async move {
+            let taken = store.take(&name, n, &scripts::POP, 3, &[]).await?;
+            Ok(taken.into_iter().map(|(message, _)| message).collect())
+        };
+        let (store, name) = (self.clone(), queue.to_owned());
+        let restore = move |messages: Vec<Message>| async move {
+            Store::restore(&store, &name, messages).await
+        };
+        self.pops.pop(queue, max, take, restore).await
+    }
+}
+
+/// What a [`RedisStore`] holds.
+pub struct Shared {
     backend: Backend,
     naming: Naming,
     clock: Arc<dyn Clock>,
@@ -380,14 +419,14 @@ struct Place {
     conn: Conn,
 }
 
-impl RedisStore {
+impl Shared {
     /// Connects (lazily: it starts even while Redis is unreachable) to `target`;
     /// it reads the time from `clock`.
-    pub fn open(
+    fn open(
         target: &RedisTarget,
         options: &RedisOptions,
         clock: Arc<dyn Clock>,
-    ) -> Result<RedisStore, StoreError> {
+    ) -> Result<Shared, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         // A random name: RandomState is seeded from the OS's randomness.
         let origin = format!(
@@ -450,7 +489,7 @@ impl RedisStore {
                 return Err(StoreError::Unavailable("no Redis server given".into()));
             }
         };
-        Ok(RedisStore {
+        Ok(Shared {
             backend,
             naming,
             clock,
@@ -584,17 +623,6 @@ impl RedisStore {
     }
 
     /// A holder of `queue` turned out empty: drain it no more.
-    /// Pops up to `max` messages of `queue`, in one script call with the
-    /// other pops of the queue arriving meanwhile (see [`combine`]).
-    async fn pop_combined(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
-        let take = |n: usize| async move {
-            let taken = self.take(queue, n, &scripts::POP, 3, &[]).await?;
-            Ok(taken.into_iter().map(|(message, _)| message).collect())
-        };
-        let restore = |messages: Vec<Message>| Store::restore(self, queue, messages);
-        self.pops.pop(queue, max, take, restore).await
-    }
-
     fn drained(&self, queue: &str, holder: usize) {
         if let Backend::Ring(ring) = &self.backend {
             if let Some(route) = lock(&ring.routes).get(queue) {
@@ -1352,7 +1380,7 @@ impl Store for RedisStore {
                     .map(|node| (node.url.clone(), node.conn()))
                     .collect(),
                 Backend::Cluster(cluster) => {
-                    vec![(cluster.urls.join(","), Self::cluster_conn(cluster).await?)]
+                    vec![(cluster.urls.join(","), Shared::cluster_conn(cluster).await?)]
                 }
             };
             for (url, mut conn) in targets {
