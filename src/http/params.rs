@@ -5,9 +5,9 @@ use std::borrow::Cow;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 use percent_encoding::percent_decode;
 
 use crate::AppState;
@@ -48,7 +48,7 @@ impl FromRequest<AppState> for Params {
             parse_pairs(query.as_bytes(), "query string", &mut pairs)?;
         }
         let media_type = media_type(req.headers());
-        let body = body(req, state).await?;
+        let body = body(req.into_body(), state).await?;
         let mut params = Params {
             pairs,
             body,
@@ -62,23 +62,25 @@ impl FromRequest<AppState> for Params {
     }
 }
 
-/// The body of `req`, read within `--body-timeout` and `--max-body`.
-pub async fn body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+/// A request's body, read within `--body-timeout` and `--max-body`; every
+/// front door reading a body whole reads it so.
+pub async fn body(body: axum::body::Body, state: &AppState) -> Result<Bytes, Error> {
     // Bounded in time, so that a client trickling its body cannot hold the
     // request (and its connection) for ever.
     let limit = state.body_timeout;
-    tokio::time::timeout(limit, Bytes::from_request(req, state))
+    tokio::time::timeout(limit, axum::body::to_bytes(body, state.max_body))
         .await
         .map_err(|_| Error::BodyTimeout {
             seconds: limit.as_secs_f64(),
         })?
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        .map_err(|error| {
+            let error = error.into_inner();
+            if error.is::<http_body_util::LengthLimitError>() {
                 Error::BodyTooLarge {
                     limit: state.max_body,
                 }
             } else {
-                Error::BadBody(rejection.body_text())
+                Error::BadBody(error.to_string())
             }
         })
 }

@@ -19,7 +19,6 @@ pub mod sign;
 use std::net::IpAddr;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, request::Parts};
 use axum::response::Response;
@@ -31,7 +30,6 @@ use self::input::{Call, Protocol};
 use crate::AppState;
 use crate::acl::{Category, Grant, Right};
 use crate::broker::QueueName;
-use crate::error::Error;
 
 /// The account id in queue URLs and ARNs.
 pub const ACCOUNT: &str = "000000000000";
@@ -198,22 +196,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads the body within the server's size and time limits.
-async fn body(state: &AppState, body: Body) -> Result<bytes::Bytes, SqsError> {
-    let limit = state.body_timeout;
-    match tokio::time::timeout(limit, axum::body::to_bytes(body, state.max_body)).await {
-        Err(_) => Err(Error::BodyTimeout {
-            seconds: limit.as_secs_f64(),
-        }
-        .into()),
-        Ok(Err(_)) => Err(Error::BodyTooLarge {
-            limit: state.max_body,
-        }
-        .into()),
-        Ok(Ok(bytes)) => Ok(bytes),
-    }
-}
-
 /// The decoded pairs of a query string or form body.
 fn form_pairs(raw: &[u8], out: &mut Vec<(String, String)>) -> Result<(), SqsError> {
     let params =
@@ -283,9 +265,9 @@ async fn answer(state: &AppState, peer: IpAddr, request: Request) -> (Response, 
         header(&parts.headers, "content-type"),
     );
     let unknown = "sqs".to_owned();
-    let body = match body(state, body_stream).await {
+    let body = match crate::http::params::body(body_stream, state).await {
         Ok(body) => body,
-        Err(error) => return (output::failure(protocol, &error, &id), unknown),
+        Err(error) => return (output::failure(protocol, &error.into(), &id), unknown),
     };
     let call = match call(protocol, &parts, &body) {
         Ok(call) => call,
