@@ -22,8 +22,10 @@ const MONTHS: [&str; 12] = [
 /// Longest RFC 3164 tag recognised (the RFC says 32; senders write longer).
 const MAX_TAG: usize = 64;
 
-/// Which format a message was read as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which format a message was read as, published as `rfc5424`, `rfc3164` or
+/// `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// RFC 5424.
     Rfc5424,
@@ -33,30 +35,18 @@ pub enum Format {
     Unknown,
 }
 
-impl Format {
-    /// The name given in the published JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Rfc5424 => "rfc5424",
-            Format::Rfc3164 => "rfc3164",
-            Format::Unknown => "unknown",
-        }
-    }
-}
-
 /// The parts of a message; `None` where it has none (or RFC 5424's `-`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as they are published (see [`super::record`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Parsed<'a> {
-    /// How it was read.
-    pub format: Format,
+    /// The host name.
+    pub host: Option<&'a str>,
+    /// The timestamp as written.
+    pub timestamp: Option<&'a str>,
     /// The facility's name, from `<PRI>`.
     pub facility: Option<&'static str>,
     /// The severity's name, from `<PRI>`.
     pub severity: Option<&'static str>,
-    /// The timestamp as written.
-    pub timestamp: Option<&'a str>,
-    /// The host name.
-    pub host: Option<&'a str>,
     /// The application (RFC 5424 APP-NAME, RFC 3164 TAG).
     pub app: Option<&'a str>,
     /// The process id (RFC 5424 PROCID, RFC 3164 `[PID]`).
@@ -67,6 +57,8 @@ pub struct Parsed<'a> {
     pub structured_data: Option<&'a str>,
     /// The free text.
     pub message: &'a str,
+    /// How it was read.
+    pub format: Format,
 }
 
 impl<'a> Parsed<'a> {

@@ -13,32 +13,16 @@ pub struct Record<'a> {
     /// The message as received, framing and trailing line end removed
     /// (invalid UTF-8 replaced).
     pub line: &'a str,
-    /// The host name the message gives.
-    pub host: Option<&'a str>,
     /// The address it came from.
     pub sender: String,
-    /// The timestamp the message gives, as written.
-    pub timestamp: Option<&'a str>,
     /// When it arrived, RFC 3339 in UTC.
     pub received: String,
     /// When it arrived, Unix seconds (the original's field).
     pub tstamp: f64,
-    /// The facility's name.
-    pub facility: Option<&'static str>,
-    /// The severity's name.
-    pub severity: Option<&'static str>,
-    /// The application (RFC 5424 APP-NAME, RFC 3164 tag).
-    pub app: Option<&'a str>,
-    /// The process id, as written.
-    pub pid: Option<&'a str>,
-    /// RFC 5424 MSGID.
-    pub msgid: Option<&'a str>,
-    /// RFC 5424 structured data, as written.
-    pub structured_data: Option<&'a str>,
-    /// The free text.
-    pub message: &'a str,
-    /// How it was read: `rfc5424`, `rfc3164` or `unknown`.
-    pub format: &'static str,
+    /// What the message itself says: host, timestamp, facility, severity,
+    /// app, pid, msgid, structured data, message, and its format.
+    #[serde(flatten)]
+    pub parsed: Parsed<'a>,
     /// Present, and true, when the message was cut to `--max-body`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -47,33 +31,12 @@ pub struct Record<'a> {
 /// The JSON text of the message `line` from `sender`, arrived at
 /// `received_ms` (Unix milliseconds).
 pub fn json(line: &str, sender: IpAddr, received_ms: u64, truncated: bool) -> String {
-    let Parsed {
-        format,
-        facility,
-        severity,
-        timestamp,
-        host,
-        app,
-        pid,
-        msgid,
-        structured_data,
-        message,
-    } = parse::parse(line);
     let record = Record {
         line,
-        host,
         sender: sender.to_canonical().to_string(),
-        timestamp,
         received: rfc3339(received_ms),
         tstamp: received_ms as f64 / 1000.0,
-        facility,
-        severity,
-        app,
-        pid,
-        msgid,
-        structured_data,
-        message,
-        format: format.name(),
+        parsed: parse::parse(line),
         truncated,
     };
     // Serializing a struct of strings, options and a finite number cannot fail.
