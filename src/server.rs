@@ -153,13 +153,6 @@ impl Serving {
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.clone()
     }
-
-    /// Resolves once shutdown has begun.
-    pub async fn stopped(&self) {
-        let mut stop = self.stop.clone();
-        // An error means the sender is gone: shutting down too.
-        let _ = stop.wait_for(|stopping| *stopping).await;
-    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then shuts down without losing
