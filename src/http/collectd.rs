@@ -59,7 +59,7 @@ async fn read(
     let query = Params::from_query(request.uri().query().unwrap_or(""))?;
     let media_type = params::media_type(request.headers());
     let body = params::body(request.into_body(), state).await?;
-    let body = String::from_utf8(body.to_vec()).map_err(|_| Error::InvalidParameter {
+    let body = String::from_utf8(Vec::from(body)).map_err(|_| Error::InvalidParameter {
         name: "body",
         reason: "it is not valid UTF-8",
     })?;
