@@ -13,7 +13,9 @@
 //! batch is synced, so nothing can be delivered before it is durable. Changes that
 //! need no durability of their own (a pop, a peek) are logged too but do not wait
 //! for a sync of their own: a crash can bring back a message popped in the last
-//! moments, never lose a published one.
+//! moments, never lose a published one. A batch of such changes alone, once logged,
+//! is answered by the writer itself when no earlier batch waits for the syncer:
+//! a stream of pops does not go through the syncer.
 //!
 //! Since the log makes batches durable, redb's own commits need not follow them:
 //! one redb transaction stays open across many batches and is committed (without
@@ -31,6 +33,7 @@ mod wal;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 
@@ -99,6 +102,10 @@ struct Shared {
     failed: OnceLock<String>,
     /// Messages dead-lettered by the batches applied.
     dead_lettered: super::DeadLettered,
+    /// Batches handed to the syncer and not answered yet. While there are none,
+    /// the writer answers a batch that needs no sync itself, sparing it a trip
+    /// through the syncer.
+    unanswered: AtomicUsize,
 }
 
 impl Shared {
@@ -205,6 +212,7 @@ impl EmbeddedStore {
             meta: RwLock::new(HashMap::new()),
             failed: OnceLock::new(),
             dead_lettered: super::DeadLettered::default(),
+            unanswered: AtomicUsize::new(0),
         });
         let (handoffs, handoff_rx) = std_mpsc::channel();
         let file = wal.file();
@@ -561,6 +569,7 @@ fn sync_loop(file: &File, handoffs: &std_mpsc::Receiver<Handoff>, shared: &Share
             for job in handoff.jobs {
                 job.finish(outcome.clone());
             }
+            shared.unanswered.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -614,20 +623,30 @@ fn receive(rx: &mut mpsc::Receiver<Msg>) -> (Vec<Box<dyn Work>>, Option<Stop>) {
     }
 }
 
-/// Passes applied jobs to the syncer, which answers them in order.
+/// Answers applied jobs in order: here when they need no sync and nothing
+/// earlier is still waiting for one, else through the syncer.
 fn hand_off(
     handoffs: &Option<std_mpsc::Sender<Handoff>>,
+    shared: &Shared,
     jobs: Vec<Box<dyn Work>>,
     outcome: Result<(), StoreError>,
     sync: bool,
 ) {
+    if !sync && shared.unanswered.load(Ordering::Acquire) == 0 {
+        for job in jobs {
+            job.finish(outcome.clone());
+        }
+        return;
+    }
     let handoff = Handoff {
         jobs,
         outcome,
         sync,
     };
+    shared.unanswered.fetch_add(1, Ordering::AcqRel);
     if let Some(Err(std_mpsc::SendError(handoff))) = handoffs.as_ref().map(|h| h.send(handoff)) {
         // The syncer is gone (it never stops before the writer): answer here.
+        shared.unanswered.fetch_sub(1, Ordering::Release);
         for job in handoff.jobs {
             job.finish(Err(StoreError::Closed));
         }
@@ -638,7 +657,7 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let reply = loop {
             let stop = match self.shared.failure() {
-                Some(failure) => refuse_all(&mut rx, &self.handoffs, &failure),
+                Some(failure) => refuse_all(&mut rx, &self.handoffs, &self.shared, &failure),
                 None => self.transaction(&mut rx),
             };
             match stop {
@@ -700,7 +719,7 @@ impl Writer {
                     .try_for_each(|job| job.apply(&mut batch))
                     .and_then(|()| batch.write_meta());
                 if let Err(e) = applied {
-                    hand_off(&self.handoffs, jobs, Err(e.clone()), false);
+                    hand_off(&self.handoffs, &self.shared, jobs, Err(e.clone()), false);
                     return (stop.unwrap_or(Stop::Commit), Err(e));
                 }
                 {
@@ -721,13 +740,13 @@ impl Writer {
                         // rather than answer for changes that may vanish.
                         let e =
                             StoreError::Unavailable(format!("writing the write-ahead log: {e}"));
-                        hand_off(&self.handoffs, jobs, Err(e.clone()), false);
+                        hand_off(&self.handoffs, &self.shared, jobs, Err(e.clone()), false);
                         return (stop.unwrap_or(Stop::Commit), Err(e));
                     }
                     sync = self.fsync && jobs.iter().any(|job| job.durable());
                     logged += batch.log.len();
                 }
-                hand_off(&self.handoffs, jobs, Ok(()), sync);
+                hand_off(&self.handoffs, &self.shared, jobs, Ok(()), sync);
                 batches += 1;
             }
             if let Some(stop) = stop {
@@ -799,12 +818,13 @@ impl Writer {
 fn refuse_all(
     rx: &mut mpsc::Receiver<Msg>,
     handoffs: &Option<std_mpsc::Sender<Handoff>>,
+    shared: &Shared,
     failure: &StoreError,
 ) -> Stop {
     loop {
         let (jobs, stop) = receive(rx);
         if !jobs.is_empty() {
-            hand_off(handoffs, jobs, Err(failure.clone()), false);
+            hand_off(handoffs, shared, jobs, Err(failure.clone()), false);
         }
         if let Some(stop) = stop {
             return stop;
