@@ -9,6 +9,7 @@
 //! moved to the dead-letter queue after `max_receives` receives.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -173,13 +174,46 @@ impl<'t> Batch<'t> {
         };
         let existed = self.messages.remove((qid, id)).map_err(db_error)?.is_some();
         if existed {
-            self.peeks.remove((qid, id)).map_err(db_error)?;
-            self.deliveries.remove((qid, id)).map_err(db_error)?;
-            let meta = self.touch(queue);
-            meta.info.len = meta.info.len.saturating_sub(1);
-            Op::Remove { queue, id }.encode(&mut self.log);
+            self.removed(queue, qid, id)?;
         }
         Ok(existed)
+    }
+
+    /// Removes the first visible message of queue `qid`, in one descent of the
+    /// tree (a pop's whole cost in redb): its number and raw record.
+    fn remove_head(&mut self, queue: &str, qid: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let mut cursor = self
+            .messages
+            .lower_bound_mut(Bound::Included((qid, 0)))
+            .map_err(db_error)?;
+        let ours = match cursor.peek_next().map_err(db_error)? {
+            Some((key, _)) => key.value().0 == qid,
+            None => false,
+        };
+        let head = if ours {
+            cursor
+                .remove_next()
+                .map_err(db_error)?
+                .map(|(key, raw)| (key.value().1, raw.value().to_vec()))
+        } else {
+            None
+        };
+        cursor.close().map_err(db_error)?;
+        if let Some((id, _)) = &head {
+            self.removed(queue, qid, *id)?;
+        }
+        Ok(head)
+    }
+
+    /// What goes with removing visible message `id`: its counts, the queue's
+    /// length, and the log.
+    fn removed(&mut self, queue: &str, qid: u64, id: u64) -> Result<(), StoreError> {
+        self.peeks.remove((qid, id)).map_err(db_error)?;
+        self.deliveries.remove((qid, id)).map_err(db_error)?;
+        let meta = self.touch(queue);
+        meta.info.len = meta.info.len.saturating_sub(1);
+        Op::Remove { queue, id }.encode(&mut self.log);
+        Ok(())
     }
 
     fn remove_all(&mut self, queue: &str) -> Result<(), StoreError> {
@@ -477,11 +511,22 @@ impl<'t> Batch<'t> {
     }
 
     pub fn pop(&mut self, queue: &str) -> Result<Option<Message>, StoreError> {
-        let Some((_, message)) = self.live_head(queue)? else {
+        self.settle(queue)?;
+        let Some(qid) = self.qid(queue) else {
             return Ok(None);
         };
-        self.remove(queue, message.id)?;
-        Ok(Some(message))
+        // Expired messages on the way are removed as well.
+        while let Some((id, raw)) = self.remove_head(queue, qid)? {
+            let (expires_at, value) = split_message(&raw)?;
+            if !expired(expires_at, self.now) {
+                return Ok(Some(Message {
+                    id,
+                    value: value_text(value)?,
+                    expires_at,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     pub fn pop_many(&mut self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
