@@ -796,6 +796,53 @@ async fn a_full_queue_refuses_publishes_with_429(backend: Backend) {
     assert_eq!(stats(&server, "cap").await, (0, 0, 2));
 }
 
+/// Publishes that arrive together (which the Redis store sends in one call)
+/// are each all-or-none, and each refused only if it would have been alone.
+async fn concurrent_publishes_fill_a_capped_queue_exactly(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
+    configure(&server, "cap", r#"{"max_len": 10}"#).await;
+    let mut publishes = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (client, url) = (server.client.clone(), server.url("/q/cap"));
+        publishes.spawn(async move {
+            let form = [("value", format!("{i}a")), ("value", format!("{i}b"))];
+            (
+                i,
+                Answer::read(client.post(url).form(&form).send().await).await,
+            )
+        });
+    }
+    let mut taken = Vec::new();
+    while let Some(joined) = publishes.join_next().await {
+        let (i, answer) = joined.expect("a publishing task");
+        match answer.status {
+            200 => taken.push(i),
+            429 => {}
+            other => panic!("publish {i}: {other} {}", answer.body),
+        }
+    }
+    assert_eq!(taken.len(), 5, "five batches of two fill ten places");
+    assert_eq!(stats(&server, "cap").await, (10, 0, 0));
+    let mut popped = std::collections::HashMap::new();
+    while let Some((key, value)) = server.pop("cap").await {
+        popped.insert(value, key);
+    }
+    for i in taken {
+        let number = |value: String| {
+            let key = popped
+                .get(&value)
+                .unwrap_or_else(|| panic!("{value} was stored"));
+            key.trim_start_matches("cap:")
+                .parse::<u64>()
+                .expect("a key number")
+        };
+        let (first, second) = (number(format!("{i}a")), number(format!("{i}b")));
+        assert_eq!(second, first + 1, "a batch keeps its messages together");
+    }
+}
+
 async fn retention_expires_every_message(backend: Backend) {
     let Some(server) = TestServer::on(backend).await else {
         return;
@@ -1199,6 +1246,7 @@ conformance!(
     settings_persist_across_a_restart,
     receive_without_visibility_uses_the_queue_setting,
     a_full_queue_refuses_publishes_with_429,
+    concurrent_publishes_fill_a_capped_queue_exactly,
     retention_expires_every_message,
     delayed_publishes_stay_hidden_then_appear,
     a_long_poll_is_answered_by_an_arrival,

@@ -1,99 +1,117 @@
-//! Pops of one queue that arrive together become one script call. With many
-//! connections popping, each pop's own `EVALSHA` made Redis run a script per
-//! message; a round instead takes as many as the pops waiting ask for, and
-//! hands them out in arrival order (a pop that gets nothing found the queue
-//! empty, as it would have alone).
+//! Requests of one queue that arrive together become one script call. With
+//! many connections popping (or publishing), each request's own `EVALSHA` made
+//! Redis run a script per message; a round instead serves every request
+//! waiting with one call, and answers them in arrival order: pops share what
+//! one call took (a pop that gets nothing found the queue empty, as it would
+//! have alone), publishes are appended by one call.
 //!
-//! The first pop to arrive starts a round, in a task of its own, for the pops
-//! waiting then; pops arriving meanwhile wait, and when the round is done the
-//! first of them is told to start the next. A pop told so whose request is
-//! gone hands that on the same way (the lead's guard does).
+//! The first request to arrive starts a round, in a task of its own, for the
+//! requests waiting then; requests arriving meanwhile wait, and when the round
+//! is done the first of them is told to start the next. A request told so whose
+//! caller is gone hands that on the same way (the lead's guard does).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use crate::store::{Message, StoreError};
+use crate::store::StoreError;
 
-type Queues = Arc<Mutex<HashMap<String, Queue>>>;
+type Queues<Q, A> = Arc<Mutex<HashMap<String, Queue<Q, A>>>>;
 
-fn lock(queues: &Queues) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
+fn lock<Q, A>(queues: &Queues<Q, A>) -> std::sync::MutexGuard<'_, HashMap<String, Queue<Q, A>>> {
     queues.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What a waiting pop is told.
-enum Told {
-    /// The messages taken for it (maybe none), or the round's failure.
-    Done(Result<Vec<Message>, StoreError>),
-    /// Lead the next round. The lead is handed on when this is dropped, so
-    /// it is not lost if the pop goes away before it reads it.
-    Lead(Lead),
+/// What a waiting request is told.
+enum Told<Q, A> {
+    /// Its answer, or the round's failure.
+    Done(Result<A, StoreError>),
+    /// Lead the next round, with its request given back. The lead is handed on
+    /// when this is dropped, so it is not lost if the caller goes away first.
+    Lead(Lead<Q, A>, Q),
 }
 
-struct Waiter {
-    max: usize,
-    tell: oneshot::Sender<Told>,
+struct Waiter<Q, A> {
+    ask: Q,
+    tell: oneshot::Sender<Told<Q, A>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    /// Whether a pop leads a round, or has been told to lead the next.
+struct Queue<Q, A> {
+    /// Whether a request leads a round, or has been told to lead the next.
     leading: bool,
-    waiting: Vec<Waiter>,
+    waiting: Vec<Waiter<Q, A>>,
 }
 
-/// The pops waiting, by queue.
-#[derive(Default)]
-pub struct Combiner {
-    queues: Queues,
+impl<Q, A> Default for Queue<Q, A> {
+    fn default() -> Self {
+        Queue {
+            leading: false,
+            waiting: Vec::new(),
+        }
+    }
 }
 
-impl Combiner {
-    /// Pops up to `max` messages of `queue` with the pops arriving together:
-    /// `take(n)` takes up to `n` for a round; `restore` puts back what was
-    /// taken for a pop whose request went away before it was told. A round
-    /// runs in a task of its own: it takes for every pop waiting, so it must
-    /// not stop with the request of the pop that started it.
-    pub async fn pop<T, TF, R, RF>(
+/// The requests waiting, by queue: `Q` is what one asks, `A` its answer.
+pub struct Combiner<Q, A> {
+    queues: Queues<Q, A>,
+}
+
+impl<Q, A> Default for Combiner<Q, A> {
+    fn default() -> Self {
+        Combiner {
+            queues: Arc::default(),
+        }
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Combiner<Q, A> {
+    /// Serves `ask` on `queue` with the requests arriving together: `round`
+    /// answers the requests of a round, one answer each, in order; `unsent`
+    /// gets what was answered to callers that went away before they were told
+    /// (pops put their messages back). A round runs in a task of its own: it
+    /// serves every request waiting, so it must not stop with the caller that
+    /// started it.
+    pub async fn run<R, RF, U, UF>(
         &self,
         queue: &str,
-        max: usize,
-        take: T,
-        restore: R,
-    ) -> Result<Vec<Message>, StoreError>
+        ask: Q,
+        round: R,
+        unsent: U,
+    ) -> Result<A, StoreError>
     where
-        T: FnOnce(usize) -> TF + Clone + Send + 'static,
-        TF: Future<Output = Result<Vec<Message>, StoreError>> + Send + 'static,
-        R: FnOnce(Vec<Message>) -> RF + Clone + Send + 'static,
-        RF: Future<Output = Result<(), StoreError>> + Send + 'static,
+        R: FnOnce(Vec<Q>) -> RF + Clone + Send + 'static,
+        RF: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
+        U: FnOnce(Vec<A>) -> UF + Clone + Send + 'static,
+        UF: Future<Output = Result<(), StoreError>> + Send + 'static,
     {
-        let mut lead: Option<Lead> = None;
+        let mut lead: Option<Lead<Q, A>> = None;
+        let mut ask = ask;
         loop {
             let (tell, told) = oneshot::channel();
             {
                 let mut queues = lock(&self.queues);
                 let entry = queues.entry(queue.to_owned()).or_default();
-                entry.waiting.push(Waiter { max, tell });
+                entry.waiting.push(Waiter { ask, tell });
                 if lead.is_none() && !entry.leading {
                     entry.leading = true;
                     lead = Some(Lead::new(&self.queues, queue));
                 }
             }
             if let Some(guard) = lead.take() {
-                let round = lock(&self.queues)
+                let waiting = lock(&self.queues)
                     .get_mut(queue)
                     .map(|entry| std::mem::take(&mut entry.waiting))
                     .unwrap_or_default();
-                let wanted = round.iter().map(|w| w.max).sum::<usize>();
-                let (take, restore, queue) = (take.clone(), restore.clone(), queue.to_owned());
+                let (asks, tells): (Vec<Q>, Vec<_>) =
+                    waiting.into_iter().map(|w| (w.ask, w.tell)).unzip();
+                let (round, unsent, queue) = (round.clone(), unsent.clone(), queue.to_owned());
                 tokio::spawn(async move {
-                    let taken = take(wanted).await;
-                    let unsent = hand_out(round, taken);
+                    let gone = hand_out(tells, round(asks).await);
                     // Put back before the next round, which would take past them.
-                    if !unsent.is_empty() {
-                        if let Err(e) = restore(unsent).await {
-                            tracing::warn!(%queue, error = %e, "cannot put back messages taken for a pop that went away");
+                    if !gone.is_empty() {
+                        if let Err(e) = unsent(gone).await {
+                            tracing::warn!(%queue, error = %e, "cannot put back what was taken for a request that went away");
                         }
                     }
                     drop(guard);
@@ -101,47 +119,59 @@ impl Combiner {
             }
             match told.await {
                 Ok(Told::Done(result)) => return result,
-                Ok(Told::Lead(guard)) => lead = Some(guard),
-                // Its round ended without answering (its task panicked): try again.
-                Err(_) => {}
-            }
-        }
-    }
-}
-
-/// Gives each pop of a round its share, in arrival order; returns what was
-/// taken for pops no longer there.
-fn hand_out(round: Vec<Waiter>, taken: Result<Vec<Message>, StoreError>) -> Vec<Message> {
-    let mut unsent = Vec::new();
-    match taken {
-        Ok(messages) => {
-            let mut messages = messages.into_iter();
-            for waiter in round {
-                let share: Vec<Message> = messages.by_ref().take(waiter.max).collect();
-                if let Err(Told::Done(Ok(share))) = waiter.tell.send(Told::Done(Ok(share))) {
-                    unsent.extend(share);
+                Ok(Told::Lead(guard, back)) => {
+                    lead = Some(guard);
+                    ask = back;
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(
+                        "a combined request ended without an answer".into(),
+                    ));
                 }
             }
         }
-        Err(error) => {
-            for waiter in round {
-                let _ = waiter.tell.send(Told::Done(Err(error.clone())));
-            }
-        }
     }
-    unsent
 }
 
-/// The lead of a queue's rounds: when dropped (a round done, or its pop
-/// gone), it goes to the first pop waiting, or the queue has no leader.
-struct Lead {
-    queues: Queues,
+/// Shares of `taken` for pops of up to `asks[i]` messages each, in order.
+pub fn shares<T>(asks: &[usize], taken: Vec<T>) -> Vec<Result<Vec<T>, StoreError>> {
+    let mut taken = taken.into_iter();
+    asks.iter()
+        .map(|&max| Ok(taken.by_ref().take(max).collect()))
+        .collect()
+}
+
+/// Tells each request of a round its answer, in order; returns the answers of
+/// callers no longer there.
+fn hand_out<Q, A>(
+    tells: Vec<oneshot::Sender<Told<Q, A>>>,
+    answers: Vec<Result<A, StoreError>>,
+) -> Vec<A> {
+    let mut answers = answers.into_iter();
+    let mut gone = Vec::new();
+    for tell in tells {
+        let answer = answers.next().unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "a combined request got no answer".into(),
+            ))
+        });
+        if let Err(Told::Done(Ok(answer))) = tell.send(Told::Done(answer)) {
+            gone.push(answer);
+        }
+    }
+    gone
+}
+
+/// The lead of a queue's rounds: when dropped (a round done, or its caller
+/// gone), it goes to the first request waiting, or the queue has no leader.
+struct Lead<Q, A> {
+    queues: Queues<Q, A>,
     queue: String,
     armed: bool,
 }
 
-impl Lead {
-    fn new(queues: &Queues, queue: &str) -> Lead {
+impl<Q, A> Lead<Q, A> {
+    fn new(queues: &Queues<Q, A>, queue: &str) -> Lead<Q, A> {
         Lead {
             queues: queues.clone(),
             queue: queue.to_owned(),
@@ -150,7 +180,7 @@ impl Lead {
     }
 }
 
-impl Drop for Lead {
+impl<Q, A> Drop for Lead<Q, A> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -163,12 +193,12 @@ impl Drop for Lead {
             let next = entry.waiting.remove(0);
             match next
                 .tell
-                .send(Told::Lead(Lead::new(&self.queues, &self.queue)))
+                .send(Told::Lead(Lead::new(&self.queues, &self.queue), next.ask))
             {
                 Ok(()) => return,
-                // That pop went away: the lead, unsent, must not hand itself
+                // That caller went away: the lead, unsent, must not hand itself
                 // on again (this lock is held).
-                Err(Told::Lead(mut unsent)) => unsent.armed = false,
+                Err(Told::Lead(mut unsent, _)) => unsent.armed = false,
                 Err(Told::Done(_)) => {}
             }
         }
@@ -182,6 +212,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::store::Message;
+
+    type Pops = Combiner<usize, Vec<Message>>;
 
     fn message(id: u64) -> Message {
         Message {
@@ -217,20 +250,36 @@ mod tests {
         }
     }
 
+    /// Pops of `asks` messages each from what `take` takes for all of them.
+    async fn round<F>(asks: Vec<usize>, take: F) -> Vec<Result<Vec<Message>, StoreError>>
+    where
+        F: Future<Output = Result<Vec<Message>, StoreError>>,
+    {
+        match take.await {
+            Ok(taken) => shares(&asks, taken),
+            Err(e) => asks.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     /// A pop of up to `max` from `source`, through `combiner`.
     fn pop(
-        combiner: &Arc<Combiner>,
+        combiner: &Arc<Pops>,
         source: &Arc<Source>,
         max: usize,
     ) -> tokio::task::JoinHandle<Result<Vec<Message>, StoreError>> {
         let (combiner, taking, restoring) = (combiner.clone(), source.clone(), source.clone());
         tokio::spawn(async move {
             combiner
-                .pop(
+                .run(
                     "q",
                     max,
-                    move |n| async move { taking.take(n).await },
-                    move |back| async move { restoring.restore(back).await },
+                    move |asks| async move {
+                        let wanted = asks.iter().sum();
+                        round(asks, taking.take(wanted)).await
+                    },
+                    move |back: Vec<Vec<Message>>| async move {
+                        restoring.restore(back.concat()).await
+                    },
                 )
                 .await
         })
@@ -244,7 +293,7 @@ mod tests {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend((1..=30).map(message));
-        let combiner = Arc::new(Combiner::default());
+        let combiner = Arc::new(Pops::default());
         let pops: Vec<_> = (0..50).map(|_| pop(&combiner, &source, 1)).collect();
         let mut got = Vec::new();
         for pop in pops {
@@ -270,7 +319,7 @@ mod tests {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend((1..=3).map(message));
-        let combiner = Arc::new(Combiner::default());
+        let combiner = Arc::new(Pops::default());
         let stuck = Arc::new(tokio::sync::Notify::new());
         // The first round waits until told; the pop that started it goes away.
         let first = {
@@ -278,14 +327,17 @@ mod tests {
             let restoring = source.clone();
             tokio::spawn(async move {
                 combiner
-                    .pop(
+                    .run(
                         "q",
                         1,
-                        move |n| async move {
+                        move |asks| async move {
                             stuck.notified().await;
-                            source.take(n).await
+                            let wanted = asks.iter().sum();
+                            round(asks, source.take(wanted)).await
                         },
-                        move |back| async move { restoring.restore(back).await },
+                        move |back: Vec<Vec<Message>>| async move {
+                            restoring.restore(back.concat()).await
+                        },
                     )
                     .await
             })
@@ -311,15 +363,67 @@ mod tests {
 
     #[test]
     fn what_a_gone_pop_was_given_is_returned() {
-        let (gone, told) = oneshot::channel();
+        let (gone, told) = oneshot::channel::<Told<usize, Vec<Message>>>();
         drop(told);
         let (here, answer) = oneshot::channel();
-        let round = vec![Waiter { max: 2, tell: gone }, Waiter { max: 1, tell: here }];
-        let unsent = hand_out(round, Ok((1..=3).map(message).collect()));
-        assert_eq!(unsent.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+        let answers = shares(&[2, 1], (1..=3).map(message).collect());
+        let unsent = hand_out(vec![gone, here], answers);
+        assert_eq!(
+            unsent.concat().iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         match answer.blocking_recv() {
             Ok(Told::Done(Ok(share))) => assert_eq!(share, vec![message(3)]),
-            Ok(Told::Done(Err(_)) | Told::Lead(_)) | Err(_) => panic!("the second pop gets 3"),
+            Ok(Told::Done(Err(_)) | Told::Lead(..)) | Err(_) => panic!("the second pop gets 3"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_together_share_rounds_and_keep_their_order() {
+        // A log in memory: a round appends every request's values at once.
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let combiner = Arc::new(Combiner::<Vec<String>, Vec<usize>>::default());
+        let publishes: Vec<_> = (0..40)
+            .map(|i| {
+                let (combiner, log, rounds) = (combiner.clone(), log.clone(), rounds.clone());
+                tokio::spawn(async move {
+                    let ask = vec![format!("{i}a"), format!("{i}b")];
+                    combiner
+                        .run(
+                            "q",
+                            ask,
+                            move |asks: Vec<Vec<String>>| async move {
+                                rounds.fetch_add(1, Ordering::SeqCst);
+                                tokio::task::yield_now().await;
+                                let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                                asks.into_iter()
+                                    .map(|values| {
+                                        let first = log.len();
+                                        log.extend(values);
+                                        Ok((first..log.len()).collect())
+                                    })
+                                    .collect()
+                            },
+                            |_gone: Vec<Vec<usize>>| async { Ok(()) },
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let log_of = |i: usize| log.lock().unwrap_or_else(PoisonError::into_inner)[i].clone();
+        for (i, publish) in publishes.into_iter().enumerate() {
+            let at = publish.await.expect("no panic").expect("no failure");
+            assert_eq!(at.len(), 2);
+            assert_eq!(log_of(at[0]), format!("{i}a"), "each answer names its own");
+            assert_eq!(
+                at[1],
+                at[0] + 1,
+                "a request's values stay together, in order"
+            );
+        }
+        assert_eq!(log.lock().unwrap_or_else(PoisonError::into_inner).len(), 80);
+        assert!(rounds.load(Ordering::SeqCst) < 40, "rounds are shared");
+        assert!(lock(&combiner.queues).is_empty(), "no leader left behind");
     }
 }

@@ -48,6 +48,9 @@ fn streamed_channel(db: i64) -> String {
 }
 /// Pause between attempts to (re)subscribe to a server's announcements.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+/// Messages published by one script call of a round at most (a request with
+/// more has a call of its own): bounds how long one call holds Redis.
+const ROUND_MESSAGES: usize = 1000;
 
 /// How restmq connects to Redis.
 #[derive(Debug, Clone)]
@@ -241,15 +244,76 @@ impl RedisStore {
     /// other pops of the queue arriving meanwhile (see [`combine`]).
     async fn pop_combined(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
         let (store, name) = (self.clone(), queue.to_owned());
-        let take = move |n: usize| async move {
-            let taken = store.take(&name, n, &scripts::POP, 3, &[]).await?;
-            Ok(taken.into_iter().map(|(message, _)| message).collect())
+        let round = move |asks: Vec<usize>| async move {
+            let wanted = asks.iter().sum();
+            match store.take(&name, wanted, &scripts::POP, 3, &[]).await {
+                Ok(taken) => combine::shares(&asks, taken.into_iter().map(|(m, _)| m).collect()),
+                Err(e) => asks.iter().map(|_| Err(e.clone())).collect(),
+            }
         };
         let (store, name) = (self.clone(), queue.to_owned());
-        let restore = move |messages: Vec<Message>| async move {
-            Store::restore(&store, &name, messages).await
+        let restore = move |gone: Vec<Vec<Message>>| async move {
+            Store::restore(&store, &name, gone.concat()).await
         };
-        self.pops.pop(queue, max, take, restore).await
+        self.pops.run(queue, max, round, restore).await
+    }
+
+    /// Publishes `messages` to `queue`, in one script call with the other
+    /// publishes of the queue arriving meanwhile (see [`combine`]).
+    async fn publish_combined(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (store, name) = (self.clone(), queue.to_owned());
+        let round =
+            move |asks: Vec<Vec<NewMessage>>| async move { store.publish_round(&name, asks).await };
+        // A publish whose caller went away is published all the same.
+        let gone = |_: Vec<Vec<u64>>| async { Ok(()) };
+        self.publishes.run(queue, messages, round, gone).await
+    }
+
+    /// Publishes each request of a round, all-or-none each: requests together
+    /// in one call, up to [`ROUND_MESSAGES`] messages a call. When a queue's
+    /// `max_len` refuses a call, its requests are tried one by one, so each is
+    /// refused only if it would have been alone.
+    async fn publish_round(
+        &self,
+        queue: &str,
+        asks: Vec<Vec<NewMessage>>,
+    ) -> Vec<Result<Vec<u64>, StoreError>> {
+        let counts: Vec<usize> = asks.iter().map(Vec::len).collect();
+        let all: Vec<NewMessage> = asks.into_iter().flatten().collect();
+        let mut answers = Vec::with_capacity(counts.len());
+        let (mut group, mut start) = (0, 0);
+        while group < counts.len() {
+            // The requests of this call: at least one, then while they fit.
+            let mut end = group + 1;
+            let mut size = counts[group];
+            while end < counts.len() && size + counts[end] <= ROUND_MESSAGES {
+                size += counts[end];
+                end += 1;
+            }
+            let called = self.publish_many(queue, &all[start..start + size]).await;
+            match called {
+                Ok(ids) => {
+                    let mut ids = ids.into_iter();
+                    for &count in &counts[group..end] {
+                        answers.push(Ok(ids.by_ref().take(count).collect()));
+                    }
+                }
+                Err(StoreError::Full(_)) if end - group > 1 => {
+                    let mut at = start;
+                    for &count in &counts[group..end] {
+                        answers.push(self.publish_many(queue, &all[at..at + count]).await);
+                        at += count;
+                    }
+                }
+                Err(e) => answers.extend(counts[group..end].iter().map(|_| Err(e.clone()))),
+            }
+            (group, start) = (end, start + size);
+        }
+        answers
     }
 }
 
@@ -265,7 +329,9 @@ pub struct Shared {
     /// Messages this process moved to dead-letter queues.
     dead_lettered: super::DeadLettered,
     /// Pops arriving together, taken by one script call.
-    pops: combine::Combiner,
+    pops: combine::Combiner<usize, Vec<Message>>,
+    /// Publishes arriving together, appended by one script call.
+    publishes: combine::Combiner<Vec<NewMessage>, Vec<u64>>,
 }
 
 /// Parses `per` values per message from a script's answer: key, value, expiry
@@ -498,6 +564,7 @@ impl Shared {
             description,
             dead_lettered: super::DeadLettered::default(),
             pops: combine::Combiner::default(),
+            publishes: combine::Combiner::default(),
         })
     }
 
@@ -741,7 +808,7 @@ impl Shared {
                         ttl,
                         delay: None,
                     };
-                    self.publish_many(&dead, vec![message]).await?;
+                    self.publish_many(&dead, &[message]).await?;
                     self.dead_lettered.add(queue, 1);
                 }
                 with_keys(&scripts::BURY, keys)
@@ -780,7 +847,7 @@ impl Shared {
     async fn publish_many(
         &self,
         queue: &str,
-        messages: Vec<NewMessage>,
+        messages: &[NewMessage],
     ) -> Result<Vec<u64>, StoreError> {
         let keys = self.keys(queue);
         let mut conn = self.owner(queue).await?;
@@ -794,7 +861,7 @@ impl Shared {
             .arg(if cluster { "0" } else { "1" })
             .arg(self.changed_for(queue))
             .arg(self.clock.now());
-        for message in &messages {
+        for message in messages {
             let delay = message.delay.unwrap_or(0).saturating_mul(1000);
             invocation
                 .arg(&message.value)
@@ -961,7 +1028,7 @@ impl Store for RedisStore {
         queue: &'a str,
         messages: Vec<NewMessage>,
     ) -> StoreFuture<'a, Vec<u64>> {
-        Box::pin(async move { self.publish_many(queue, messages).await })
+        Box::pin(self.publish_combined(queue, messages))
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
@@ -1171,7 +1238,7 @@ impl Store for RedisStore {
                     return Ok(moved);
                 }
                 let now = self.clock.now();
-                let messages = batch
+                let messages: Vec<NewMessage> = batch
                     .iter()
                     .map(|r| NewMessage {
                         value: r.message.value.clone(),
@@ -1180,7 +1247,7 @@ impl Store for RedisStore {
                         delay: None,
                     })
                     .collect();
-                self.publish_many(to, messages).await?;
+                self.publish_many(to, &messages).await?;
                 let receipts = batch.iter().map(|r| (r.message.id, r.delivery)).collect();
                 self.ack(from, receipts).await?;
                 moved += batch.len() as u64;
