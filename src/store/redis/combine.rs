@@ -232,6 +232,17 @@ mod tests {
     }
 
     impl Source {
+        /// A source holding messages 1 to `n`.
+        fn holding(n: u64) -> Arc<Source> {
+            let source = Source::default();
+            source
+                .messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend((1..=n).map(message));
+            Arc::new(source)
+        }
+
         async fn take(&self, n: usize) -> Result<Vec<Message>, StoreError> {
             self.rounds.fetch_add(1, Ordering::SeqCst);
             // A round takes time, so that pops arriving meanwhile wait for it.
@@ -287,12 +298,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pops_together_share_rounds_and_each_message_goes_once() {
-        let source = Arc::new(Source::default());
-        source
-            .messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend((1..=30).map(message));
+        let source = Source::holding(30);
         let combiner = Arc::new(Pops::default());
         let pops: Vec<_> = (0..50).map(|_| pop(&combiner, &source, 1)).collect();
         let mut got = Vec::new();
@@ -313,12 +319,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_outlives_the_pop_that_started_it() {
-        let source = Arc::new(Source::default());
-        source
-            .messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend((1..=3).map(message));
+        let source = Source::holding(3);
         let combiner = Arc::new(Pops::default());
         let stuck = Arc::new(tokio::sync::Notify::new());
         // The first round waits until told; the pop that started it goes away.
