@@ -133,12 +133,21 @@ impl<Q: Send + 'static, A: Send + 'static> Combiner<Q, A> {
     }
 }
 
-/// Shares of `taken` for pops of up to `asks[i]` messages each, in order.
-pub fn shares<T>(asks: &[usize], taken: Vec<T>) -> Vec<Result<Vec<T>, StoreError>> {
-    let mut taken = taken.into_iter();
-    asks.iter()
-        .map(|&max| Ok(taken.by_ref().take(max).collect()))
-        .collect()
+/// The answers of pops of up to `asks[i]` messages each, in order, from what
+/// one call took for all of them (or its failure, which each is told).
+pub fn shares<T>(
+    asks: &[usize],
+    taken: Result<Vec<T>, StoreError>,
+) -> Vec<Result<Vec<T>, StoreError>> {
+    match taken {
+        Ok(taken) => {
+            let mut taken = taken.into_iter();
+            asks.iter()
+                .map(|&max| Ok(taken.by_ref().take(max).collect()))
+                .collect()
+        }
+        Err(e) => asks.iter().map(|_| Err(e.clone())).collect(),
+    }
 }
 
 /// Tells each request of a round its answer, in order; returns the answers of
@@ -261,17 +270,6 @@ mod tests {
         }
     }
 
-    /// Pops of `asks` messages each from what `take` takes for all of them.
-    async fn round<F>(asks: Vec<usize>, take: F) -> Vec<Result<Vec<Message>, StoreError>>
-    where
-        F: Future<Output = Result<Vec<Message>, StoreError>>,
-    {
-        match take.await {
-            Ok(taken) => shares(&asks, taken),
-            Err(e) => asks.iter().map(|_| Err(e.clone())).collect(),
-        }
-    }
-
     /// A pop of up to `max` from `source`, through `combiner`.
     fn pop(
         combiner: &Arc<Pops>,
@@ -286,7 +284,7 @@ mod tests {
                     max,
                     move |asks| async move {
                         let wanted = asks.iter().sum();
-                        round(asks, taking.take(wanted)).await
+                        shares(&asks, taking.take(wanted).await)
                     },
                     move |back: Vec<Vec<Message>>| async move {
                         restoring.restore(back.concat()).await
@@ -334,7 +332,7 @@ mod tests {
                         move |asks| async move {
                             stuck.notified().await;
                             let wanted = asks.iter().sum();
-                            round(asks, source.take(wanted)).await
+                            shares(&asks, source.take(wanted).await)
                         },
                         move |back: Vec<Vec<Message>>| async move {
                             restoring.restore(back.concat()).await
@@ -367,7 +365,7 @@ mod tests {
         let (gone, told) = oneshot::channel::<Told<usize, Vec<Message>>>();
         drop(told);
         let (here, answer) = oneshot::channel();
-        let answers = shares(&[2, 1], (1..=3).map(message).collect());
+        let answers = shares(&[2, 1], Ok((1..=3).map(message).collect()));
         let unsent = hand_out(vec![gone, here], answers);
         assert_eq!(
             unsent.concat().iter().map(|m| m.id).collect::<Vec<_>>(),

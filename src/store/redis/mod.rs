@@ -246,10 +246,11 @@ impl RedisStore {
         let (store, name) = (self.clone(), queue.to_owned());
         let round = move |asks: Vec<usize>| async move {
             let wanted = asks.iter().sum();
-            match store.take(&name, wanted, &scripts::POP, 3, &[]).await {
-                Ok(taken) => combine::shares(&asks, taken.into_iter().map(|(m, _)| m).collect()),
-                Err(e) => asks.iter().map(|_| Err(e.clone())).collect(),
-            }
+            let taken = store.take(&name, wanted, &scripts::POP, 3, &[]).await;
+            combine::shares(
+                &asks,
+                taken.map(|t| t.into_iter().map(|(m, _)| m).collect()),
+            )
         };
         let (store, name) = (self.clone(), queue.to_owned());
         let restore = move |gone: Vec<Vec<Message>>| async move {
