@@ -1117,6 +1117,44 @@ async fn batches_are_stored_whole(backend: Backend) {
     );
 }
 
+/// More messages than the Redis scripts hand to one command (4,000 arguments),
+/// half of them with a ttl, come back whole and in order through pops of the
+/// most a request may ask for.
+async fn a_batch_larger_than_one_store_command_keeps_its_order(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
+    let lines: String = (1..=4500).map(|n| format!("m{n}\n")).collect();
+    for path in ["/q/big", "/q/big?ttl=3600"] {
+        let answer = server
+            .post_raw(path, "application/x-ndjson", lines.clone())
+            .await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+    }
+    assert_eq!(stats(&server, "big").await, (9000, 0, 0));
+    let mut popped = Vec::new();
+    loop {
+        let answer = server.get("/q/big?max=1000").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let batch = answer.json();
+        let batch = batch.as_array().expect("an array");
+        if batch.is_empty() {
+            break;
+        }
+        popped.extend(
+            batch
+                .iter()
+                .map(|m| m["value"].as_str().expect("a value").to_owned()),
+        );
+    }
+    let want: Vec<String> = (1..=4500)
+        .chain(1..=4500)
+        .map(|n| format!("m{n}"))
+        .collect();
+    assert_eq!(popped, want);
+    assert_eq!(stats(&server, "big").await, (0, 0, 0));
+}
+
 async fn json_commands_receive_ack_nack_and_extend(backend: Backend) {
     let Some(server) = TestServer::on(backend).await else {
         return;
@@ -1254,5 +1292,6 @@ conformance!(
     max_answers_a_json_array,
     numeric_parameters_must_be_non_negative_integers,
     batches_are_stored_whole,
+    a_batch_larger_than_one_store_command_keeps_its_order,
     json_commands_receive_ack_nack_and_extend,
 );

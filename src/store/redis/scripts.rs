@@ -104,6 +104,50 @@ local function take()
   return key
 end
 
+-- Calls `cmd` with `head` (nil: nothing) then `items`, in slices that unpack
+-- can take; slices are of an even length, so pairs stay together.
+local function bulk(cmd, head, items)
+  for i = 1, #items, 4000 do
+    local j = math.min(i + 3999, #items)
+    if head then redis.call(cmd, head, unpack(items, i, j)) else redis.call(cmd, unpack(items, i, j)) end
+  end
+end
+
+-- Up to n (at most a few thousand) visible keys, taken, in key order: READY's
+-- lowest merged with the list's tail. A handful of calls instead of take()'s
+-- three per key.
+local function take_many(n)
+  local ready = redis.call('ZRANGE', READY, 0, n - 1)
+  local list = redis.call('LRANGE', LIST, -n, -1)
+  local out, r, l = {}, 1, #list
+  while #out < n do
+    local a, b = ready[r], list[l]
+    if not a and not b then break end
+    if a and (not b or id_of(a) < id_of(b)) then
+      out[#out + 1] = a
+      r = r + 1
+    else
+      out[#out + 1] = b
+      l = l - 1
+    end
+  end
+  if r > 1 then redis.call('ZREMRANGEBYRANK', READY, 0, r - 2) end
+  if l < #list then redis.call('LTRIM', LIST, 0, l - #list - 1) end
+  return out
+end
+
+-- forget() for many keys at once; ids are the keys' numbers.
+local function forget_all(keys, ids)
+  local doomed = {}
+  for _, key in ipairs(keys) do
+    doomed[#doomed + 1] = key
+    doomed[#doomed + 1] = key .. ':refcount'
+  end
+  bulk('DEL', nil, doomed)
+  bulk('HDEL', DELIVERIES, ids)
+  bulk('HDEL', EXPIRES, ids)
+end
+
 -- Messages of the queue left anywhere (0: nothing more to find here).
 local function remaining()
   return redis.call('LLEN', LIST) + redis.call('ZCARD', READY) +
@@ -139,26 +183,37 @@ end
 local now = tonumber(ARGV[5])
 -- Retention is any u64; past a century (broker::LONGEST) it is forever.
 local keep = math.min(tonumber(redis.call('HGET', CONFIG, 'retention') or '0'), 3153600000)
-local ids = {}
+-- Numbers, plain values, expiries and the two destinations are each set in
+-- one call: a few calls for a whole batch, not three a message.
+local n = 0
+if count > 0 then n = redis.call('INCRBY', KEYS[9], count) - count end
+local ids, plain, expiries, delayed, listed = {}, {}, {}, {}, {}
 for i = 6, #ARGV, 3 do
-  local n = redis.call('INCR', KEYS[9])
+  n = n + 1
   local key = ARGV[1] .. ':' .. n
   local ttl = tonumber(ARGV[i + 1])
   if keep > 0 and (ttl == 0 or ttl > keep) then ttl = keep end
   if ttl > 0 then
     redis.call('SET', key, ARGV[i], 'EX', ttl)
-    redis.call('HSET', EXPIRES, n, now + ttl * 1000)
+    expiries[#expiries + 1] = n
+    expiries[#expiries + 1] = now + ttl * 1000
   else
-    redis.call('SET', key, ARGV[i])
+    plain[#plain + 1] = key
+    plain[#plain + 1] = ARGV[i]
   end
   local delay = tonumber(ARGV[i + 2])
   if delay > 0 then
-    redis.call('ZADD', DELAYED, now + delay, key)
+    delayed[#delayed + 1] = now + delay
+    delayed[#delayed + 1] = key
   else
-    redis.call('LPUSH', LIST, key)
+    listed[#listed + 1] = key
   end
   ids[#ids + 1] = n
 end
+bulk('MSET', nil, plain)
+bulk('HSET', EXPIRES, expiries)
+bulk('ZADD', DELAYED, delayed)
+bulk('LPUSH', LIST, listed)
 redis.call('SETNX', KEYS[10], 1)
 if ARGV[3] == '1' then
   redis.call('SADD', 'QUEUESET', ARGV[2])
@@ -180,16 +235,29 @@ pub static POP: LazyLock<Script> = LazyLock::new(|| {
 local now = tonumber(ARGV[2])
 settle(now)
 local out = {0, 0}
-local max = tonumber(ARGV[1])
-while #out < 2 + max * 3 do
-  local key = take()
-  if not key then break end
-  if alive(key, now) then
-    out[#out + 1] = key
-    out[#out + 1] = redis.call('GET', key)
-    out[#out + 1] = expires_of(key, now)
+local wanted = tonumber(ARGV[1])
+local got = 0
+while got < wanted do
+  local keys = take_many(math.min(wanted - got, 1000))
+  if #keys == 0 then break end
+  local ids = {}
+  for i, key in ipairs(keys) do ids[i] = id_of(key) end
+  local values = redis.call('MGET', unpack(keys))
+  local expiries = redis.call('HMGET', EXPIRES, unpack(ids))
+  for i, key in ipairs(keys) do
+    local at = tonumber(expiries[i] or '0')
+    if values[i] and (at == 0 or at > now) then
+      if not expiries[i] then
+        local ttl = redis.call('PTTL', key)
+        if ttl > 0 then at = now + ttl end
+      end
+      out[#out + 1] = key
+      out[#out + 1] = values[i]
+      out[#out + 1] = at
+      got = got + 1
+    end
   end
-  forget(key)
+  forget_all(keys, ids)
 end
 out[1] = redis.call('LLEN', DYING)
 out[2] = remaining()
