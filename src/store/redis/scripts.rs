@@ -136,6 +136,29 @@ local function take_many(n)
   return out
 end
 
+-- Reads keys just taken: their numbers, values, and expiries (ms, 0: none;
+-- false for a key gone or expired, which the caller forgets).
+local function read_taken(keys, now)
+  local ids = {}
+  for i, key in ipairs(keys) do ids[i] = id_of(key) end
+  local values = redis.call('MGET', unpack(keys))
+  local recorded = redis.call('HMGET', EXPIRES, unpack(ids))
+  local expiries = {}
+  for i, key in ipairs(keys) do
+    local at = tonumber(recorded[i] or '0')
+    if values[i] and (at == 0 or at > now) then
+      if not recorded[i] then
+        local ttl = redis.call('PTTL', key)
+        if ttl > 0 then at = now + ttl end
+      end
+      expiries[i] = at
+    else
+      expiries[i] = false
+    end
+  end
+  return ids, values, expiries
+end
+
 -- forget() for many keys at once; ids are the keys' numbers.
 local function forget_all(keys, ids)
   local doomed = {}
@@ -240,20 +263,12 @@ local got = 0
 while got < wanted do
   local keys = take_many(math.min(wanted - got, 1000))
   if #keys == 0 then break end
-  local ids = {}
-  for i, key in ipairs(keys) do ids[i] = id_of(key) end
-  local values = redis.call('MGET', unpack(keys))
-  local expiries = redis.call('HMGET', EXPIRES, unpack(ids))
+  local ids, values, expiries = read_taken(keys, now)
   for i, key in ipairs(keys) do
-    local at = tonumber(expiries[i] or '0')
-    if values[i] and (at == 0 or at > now) then
-      if not expiries[i] then
-        local ttl = redis.call('PTTL', key)
-        if ttl > 0 then at = now + ttl end
-      end
+    if expiries[i] then
       out[#out + 1] = key
       out[#out + 1] = values[i]
-      out[#out + 1] = at
+      out[#out + 1] = expiries[i]
       got = got + 1
     end
   end
@@ -275,20 +290,30 @@ pub static RECEIVE: LazyLock<Script> = LazyLock::new(|| {
 local now = tonumber(ARGV[2])
 settle(now)
 local out = {0, 0}
-local max = tonumber(ARGV[1])
-while #out < 2 + max * 4 do
-  local key = take()
-  if not key then break end
-  if alive(key, now) then
-    local d = redis.call('HINCRBY', DELIVERIES, id_of(key), 1)
-    redis.call('ZADD', INFLIGHT, now + tonumber(ARGV[3]), key)
-    out[#out + 1] = key
-    out[#out + 1] = redis.call('GET', key)
-    out[#out + 1] = expires_of(key, now)
-    out[#out + 1] = d
-  else
-    forget(key)
+local wanted = tonumber(ARGV[1])
+local due = now + tonumber(ARGV[3])
+local got = 0
+while got < wanted do
+  local keys = take_many(math.min(wanted - got, 1000))
+  if #keys == 0 then break end
+  local ids, values, expiries = read_taken(keys, now)
+  local hidden, gone, gone_ids = {}, {}, {}
+  for i, key in ipairs(keys) do
+    if expiries[i] then
+      hidden[#hidden + 1] = due
+      hidden[#hidden + 1] = key
+      out[#out + 1] = key
+      out[#out + 1] = values[i]
+      out[#out + 1] = expiries[i]
+      out[#out + 1] = redis.call('HINCRBY', DELIVERIES, ids[i], 1)
+      got = got + 1
+    else
+      gone[#gone + 1] = key
+      gone_ids[#gone_ids + 1] = ids[i]
+    end
   end
+  bulk('ZADD', INFLIGHT, hidden)
+  forget_all(gone, gone_ids)
 end
 out[1] = redis.call('LLEN', DYING)
 out[2] = remaining()
