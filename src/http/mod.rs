@@ -89,10 +89,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            trace::front,
-        ))
+        .layer(trace::Front::new(state.clone()))
         .with_state(state)
 }
 
