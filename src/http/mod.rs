@@ -15,7 +15,6 @@ mod ui;
 mod ws_ack;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::AppState;
@@ -28,7 +27,6 @@ use crate::error::Error;
 /// take them and deliver them to nobody. There HEAD gets 405, as in the
 /// original, whose handlers defined no `head`.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body;
     Router::new()
         .route(
             "/",
@@ -88,7 +86,6 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
         .layer(trace::Front::new(state.clone()))
         .with_state(state)
 }
