@@ -442,6 +442,19 @@ impl Hub {
         }
     }
 
+    /// Runs `pass` as a pass of `queue`, as the dispatcher runs its own: a
+    /// pause waits ([`Hub::settle`]) for a pass that read the status before it.
+    pub async fn in_pass<T>(&self, queue: &QueueName, pass: impl Future<Output = T>) -> T {
+        let slot = read(&self.inner.slots).get(queue).cloned();
+        match slot {
+            Some(slot) => {
+                let _pass = slot.pass.lock().await;
+                pass.await
+            }
+            None => pass.await,
+        }
+    }
+
     /// Registers a consumer of `queue`; refused when shutting down or when a
     /// consumer limit is reached.
     pub fn subscribe(&self, queue: &QueueName, resume: Resume) -> Result<Subscription, Refused> {

@@ -348,6 +348,30 @@ impl Broker {
         Ok(self.store.set_policy(queue.as_str(), policy).await?)
     }
 
+    /// Receives for a consumer that takes its own messages (a WebSocket with
+    /// acknowledgements): nothing while `queue` is stopped, and a stop, once
+    /// answered, is not overtaken by a receive that read the status before it.
+    pub async fn receive_unless_stopped(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        visibility: Option<u64>,
+    ) -> Result<Vec<(Received, Receipt)>, Error> {
+        self.hub
+            .in_pass(queue, async {
+                let status = self
+                    .store
+                    .queue(queue.as_str())
+                    .await?
+                    .and_then(|i| i.status);
+                if status == Some(Status::Stopped) {
+                    return Ok(Vec::new());
+                }
+                self.receive(queue, max, visibility).await
+            })
+            .await
+    }
+
     /// Starts or stops streaming delivery of `queue`; starting delivers the backlog.
     pub async fn set_status(&self, queue: &QueueName, status: Status) -> Result<(), Error> {
         self.store.set_status(queue.as_str(), status).await?;

@@ -25,7 +25,6 @@ use crate::acl::Grant;
 use crate::broker::hub::{End, Next, Subscription};
 use crate::broker::{QueueName, Receipt};
 use crate::error::Error;
-use crate::store::Status;
 
 /// Messages outstanding at once unless the client asks for another number.
 const DEFAULT_PREFETCH: u64 = 10;
@@ -246,17 +245,11 @@ async fn deliver(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Frame>,
     outstanding: &mut Outstanding,
 ) -> Result<bool, Gone> {
-    let stopped = match state.broker.queue(queue).await {
-        Ok(info) => info.and_then(|i| i.status) == Some(Status::Stopped),
-        Err(e) => {
-            tracing::warn!(%queue, error = %e, "cannot read the queue's status");
-            return Ok(false);
-        }
-    };
-    if stopped {
-        return Ok(false);
-    }
-    let received = match state.broker.receive(queue, room, Some(visibility)).await {
+    let received = match state
+        .broker
+        .receive_unless_stopped(queue, room, Some(visibility))
+        .await
+    {
         Ok(received) => received,
         Err(e) => {
             tracing::warn!(%queue, error = %e, "cannot receive for a socket");
