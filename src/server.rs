@@ -451,7 +451,7 @@ async fn serve<S>(
     if opens_stream {
         return stream::serve_raw(io, peer, deadline, state).await;
     }
-    // Handlers learn the peer's address as axum's `ConnectInfo`.
+    // Handlers learn the peer's address from the request's `access::Client`.
     let service = TowerToHyperService::new(WithPeer {
         router: site.router,
         peer,
@@ -583,7 +583,7 @@ impl tower_service::Service<axum::extract::Request<hyper::body::Incoming>> for W
     fn call(&mut self, mut request: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
         request
             .extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer));
+            .insert(crate::http::access::Client::at(self.peer));
         self.router.call(request)
     }
 }

@@ -7,7 +7,7 @@
 //! queue comes in the body (`POST /`, `POST /queue`, `/ack`, …) are let in by
 //! category here and check their queue with [`require`] once they know it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -209,7 +209,7 @@ fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
 }
 
 /// Decides a request before any work: on admission, hands the grant to the
-/// handler (as a request extension); otherwise, the refusal to answer.
+/// handler (in the request's [`Client`]); otherwise, the refusal to answer.
 pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
     // Open rules (the default) skip classifying, which decodes the queue name.
     let open = state.access.rules().is_open();
@@ -231,8 +231,37 @@ pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
             decide(state, &need, peer, forwarded, &credentials)?
         }
     };
-    request.extensions_mut().insert(grant);
+    match request.extensions_mut().get_mut::<Client>() {
+        Some(client) => client.grant = Some(grant),
+        None => {
+            request.extensions_mut().insert(Client {
+                peer: None,
+                grant: Some(grant),
+            });
+        }
+    }
     Ok(())
+}
+
+/// What is known of a request's client: the address its connection came from,
+/// and once [`admit`] has decided, its grant. One extension for both, as with
+/// axum's own three a request's extension map fits its first allocation.
+#[derive(Clone)]
+pub struct Client {
+    /// The connection's peer, before any proxy header; none when the request
+    /// was served without restmq's accept loop.
+    pub peer: Option<SocketAddr>,
+    grant: Option<Grant>,
+}
+
+impl Client {
+    /// A client connected from `peer`, not yet decided.
+    pub fn at(peer: SocketAddr) -> Client {
+        Client {
+            peer: Some(peer),
+            grant: None,
+        }
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -250,8 +279,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Granted {
         // The middleware decides every request; none comes here undecided.
         parts
             .extensions
-            .get::<Grant>()
-            .cloned()
+            .get::<Client>()
+            .and_then(|client| client.grant.clone())
             .map(Granted)
             .ok_or_else(|| Error::Forbidden("the request was not checked".into()))
     }

@@ -3,13 +3,13 @@
 //! check; each answer's time to the latency histogram, and at debug level to
 //! the log with its status.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -22,8 +22,9 @@ use crate::AppState;
 pub fn peer(request: &Request) -> IpAddr {
     request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+        .get::<super::access::Client>()
+        .and_then(|client| client.peer)
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
 }
 
 /// The layer every route passes: runs the request inside its span, decides it
