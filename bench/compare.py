@@ -17,7 +17,9 @@ Rows (each a median of REPS runs, the targets alternating within a rep):
   Redis store           the same on restmq --redis (its own redis-server on a
                         free port), beside redis-benchmark LPUSH/RPOP
   fan-out N x 1000      the kit's fanout.py (N curl EventSource subscribers,
-                        1000 publishes) on nchan, hello and restmq /sse
+                        1000 publishes) on nchan, hello and restmq /sse, and
+                        on restmq --no-fsync (each sequential publish otherwise
+                        waits for its fsync; nchan keeps nothing on disk)
   WebSocket fan-out     restmq bench --mode fanout --transport websocket
   latency               restmq bench --mode fanout: publish to receive, per
                         delivery (p50, p99), SSE and WebSocket
@@ -111,11 +113,11 @@ def cleanup():
 class Restmq:
     """A restmq server of our own: embedded (durable, in a temp dir) or on Redis."""
 
-    def __init__(self, redis_url=None, data_dir=None):
+    def __init__(self, redis_url=None, data_dir=None, extra=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="restmq-data-", dir=OUT)
-        argv = [RESTMQ, "--port", str(self.port), "--data-dir", self.data_dir]
+        argv = [RESTMQ, "--port", str(self.port), "--data-dir", self.data_dir, *extra]
         if redis_url:
             argv += ["--redis", redis_url]
         env = dict(os.environ, RUST_LOG="warn")
@@ -417,7 +419,7 @@ def http_section(redis):
 
 def fanout_section():
     for subs in FANOUT_SUBS:
-        runs = {"nchan": [], "hello": [], "restmq": [], "ws": []}
+        runs = {"nchan": [], "hello": [], "restmq": [], "ws": [], "nofsync": []}
         for rep in range(1, REPS + 1):
             log(f"== fan-out {subs} x 1000, rep {rep}/{REPS}")
             nchan_start()
@@ -430,6 +432,11 @@ def fanout_section():
             runs["restmq"].append(fanout_py(server.port, "/q/{chan}", "/sse/{chan}", subs))
             runs["ws"].append(bench_fanout(server.url, subs, "ws"))
             server.stop()
+            # Each of the 1,000 sequential publishes waits for its fsync, which
+            # nchan (memory only) does not: the same without it, for the record.
+            server = Restmq(extra=["--no-fsync"]).ready()
+            runs["nofsync"].append(fanout_py(server.port, "/q/{chan}", "/sse/{chan}", subs))
+            server.stop()
             log(f"   {[(k, v[-1]['secs'] if v[-1] else None) for k, v in runs.items()]}")
         nchan_secs = med(runs["nchan"], "secs")
         row(f"fan-out {subs} SSE x 1000, all delivered", med(runs["restmq"], "secs"), nchan_secs, "nchan",
@@ -438,6 +445,8 @@ def fanout_section():
             med(runs["hello"], "secs"), "axum broadcast", better="lower", unit="s")
         row(f"fan-out {subs} WebSocket x 1000 (restmq bench)", med(runs["ws"], "secs"), nchan_secs,
             "nchan SSE", better="lower", unit="s")
+        row(f"fan-out {subs} SSE x 1000, restmq --no-fsync", med(runs["nofsync"], "secs"), nchan_secs,
+            "nchan", better="lower", unit="s")
 
 
 def latency_section():
