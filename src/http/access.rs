@@ -244,8 +244,9 @@ pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
 }
 
 /// What is known of a request's client: the address its connection came from,
-/// and once [`admit`] has decided, its grant. One extension for both, as with
-/// axum's own three a request's extension map fits its first allocation.
+/// and once [`admit`] has decided, its grant. One extension for both, so that
+/// with axum's two (the matched path, the path parameters) a request's
+/// extension map fits its first allocation.
 #[derive(Clone)]
 pub struct Client {
     /// The connection's peer, before any proxy header; none when the request
@@ -276,7 +277,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Granted {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Granted, Error> {
-        // The middleware decides every request; none comes here undecided.
+        // The front layer decides every request; none comes here undecided.
         parts
             .extensions
             .get::<Client>()

@@ -3,9 +3,8 @@
 //! check; each answer's time to the latency histogram, and at debug level to
 //! the log with its status.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
