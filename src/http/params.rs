@@ -192,20 +192,20 @@ fn parse_pairs(
 }
 
 fn decode(raw: &[u8], what: &'static str) -> Result<String, Error> {
-    // Most values have nothing to decode; looking for that is a fast byte
-    // search, where the decoder goes through them one by one.
-    let bytes = if !raw.contains(&b'%') && !raw.contains(&b'+') {
-        raw.to_vec()
+    let spaced: Cow<[u8]> = if raw.contains(&b'+') {
+        raw.iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect::<Vec<u8>>()
+            .into()
     } else {
-        let spaced: Cow<[u8]> = if raw.contains(&b'+') {
-            raw.iter()
-                .map(|&b| if b == b'+' { b' ' } else { b })
-                .collect::<Vec<u8>>()
-                .into()
-        } else {
-            raw.into()
-        };
+        raw.into()
+    };
+    // Most values have nothing to decode; looking for a '%' is a fast byte
+    // search, where the decoder goes through the bytes one by one.
+    let bytes = if spaced.contains(&b'%') {
         Cow::from(percent_decode(&spaced)).into_owned()
+    } else {
+        spaced.into_owned()
     };
     String::from_utf8(bytes).map_err(|_| Error::InvalidParameter {
         name: what,
