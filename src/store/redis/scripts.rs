@@ -136,8 +136,9 @@ local function take_many(n)
   return out
 end
 
--- Reads keys just taken: their numbers, values, and expiries (ms, 0: none;
--- false for a key gone or expired, which the caller forgets).
+-- Reads keys just taken, as alive() and expires_of() do one key: their
+-- numbers, values, and expiries (ms, 0: none; false for a key gone or
+-- expired, which the caller forgets).
 local function read_taken(keys, now)
   local ids = {}
   for i, key in ipairs(keys) do ids[i] = id_of(key) end
