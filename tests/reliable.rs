@@ -1155,6 +1155,62 @@ async fn a_batch_larger_than_one_store_command_keeps_its_order(backend: Backend)
     assert_eq!(stats(&server, "big").await, (0, 0, 0));
 }
 
+/// Pops that arrive together (which the embedded store takes in one pass, and
+/// the Redis store in one call) share the queue out: every message goes to
+/// exactly one of them, and each consumer sees its messages in key order.
+async fn concurrent_pops_take_each_message_once_in_order(backend: Backend) {
+    let Some(server) = TestServer::on(backend).await else {
+        return;
+    };
+    let lines: String = (1..=600).map(|n| format!("m{n}\n")).collect();
+    let answer = server
+        .post_raw("/q/shared", "application/x-ndjson", lines)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut consumers = tokio::task::JoinSet::new();
+    for c in 0..24 {
+        let (client, url) = (server.client.clone(), server.url("/q/shared"));
+        consumers.spawn(async move {
+            // Some take one message at a time, others up to three.
+            let max = 1 + c % 3;
+            let mut taken = Vec::new();
+            loop {
+                let answer =
+                    Answer::read(client.get(format!("{url}?max={max}")).send().await).await;
+                assert_eq!(answer.status, 200, "{}", answer.body);
+                let batch = answer.json();
+                let batch = batch.as_array().expect("an array").clone();
+                assert!(batch.len() <= max, "{max} at most: {batch:?}");
+                if batch.is_empty() {
+                    return taken;
+                }
+                for message in batch {
+                    let key = message["key"].as_str().expect("a key");
+                    let number: u64 = key
+                        .trim_start_matches("shared:")
+                        .parse()
+                        .expect("a key number");
+                    let value = message["value"].as_str().expect("a value");
+                    assert_eq!(value, format!("m{number}"), "{key} holds its own value");
+                    taken.push(number);
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = consumers.join_next().await {
+        let taken = joined.expect("a consumer");
+        assert!(
+            taken.windows(2).all(|w| w[0] < w[1]),
+            "one consumer's messages come in key order: {taken:?}"
+        );
+        all.extend(taken);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=600).collect::<Vec<u64>>(), "each message once");
+    assert_eq!(stats(&server, "shared").await, (0, 0, 0));
+}
+
 async fn json_commands_receive_ack_nack_and_extend(backend: Backend) {
     let Some(server) = TestServer::on(backend).await else {
         return;
@@ -1293,5 +1349,6 @@ conformance!(
     numeric_parameters_must_be_non_negative_integers,
     batches_are_stored_whole,
     a_batch_larger_than_one_store_command_keeps_its_order,
+    concurrent_pops_take_each_message_once_in_order,
     json_commands_receive_ack_nack_and_extend,
 );

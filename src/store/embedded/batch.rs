@@ -512,6 +512,11 @@ impl<'t> Batch<'t> {
 
     pub fn pop(&mut self, queue: &str) -> Result<Option<Message>, StoreError> {
         self.settle(queue)?;
+        self.pop_one(queue)
+    }
+
+    /// Pops the head of a settled queue.
+    fn pop_one(&mut self, queue: &str) -> Result<Option<Message>, StoreError> {
         let Some(qid) = self.qid(queue) else {
             return Ok(None);
         };
@@ -529,13 +534,45 @@ impl<'t> Batch<'t> {
         Ok(None)
     }
 
+    /// Takes up to `max` messages from the head of `queue`, in key order,
+    /// removing expired ones on the way. One pass over the tree: redb rewrites
+    /// each leaf once for all the messages taken from it, where taking them one
+    /// by one rewrites it, and descends to it, once per message.
     pub fn pop_many(&mut self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
+        self.settle(queue)?;
+        if max == 1 {
+            // In place, where a pass rewrites the leaf it takes from.
+            return Ok(self.pop_one(queue)?.into_iter().collect());
+        }
+        let Some(qid) = self.qid(queue) else {
+            return Ok(Vec::new());
+        };
+        let now = self.now;
         let mut out = Vec::new();
-        while out.len() < max {
-            match self.pop(queue)? {
-                Some(message) => out.push(message),
-                None => break,
+        let mut taken = Vec::new();
+        {
+            let mut head = self
+                .messages
+                .extract_from_if((qid, 0)..=(qid, u64::MAX), |_, _| true)
+                .map_err(db_error)?;
+            while out.len() < max {
+                let Some(entry) = head.next() else { break };
+                let (key, raw) = entry.map_err(db_error)?;
+                let id = key.value().1;
+                taken.push(id);
+                let (expires_at, value) = split_message(raw.value())?;
+                if !expired(expires_at, now) {
+                    out.push(Message {
+                        id,
+                        value: value_text(value)?,
+                        expires_at,
+                    });
+                }
             }
+            head.close().map_err(db_error)?;
+        }
+        for id in taken {
+            self.removed(queue, qid, id)?;
         }
         Ok(out)
     }

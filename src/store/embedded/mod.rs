@@ -2,7 +2,8 @@
 //! by a write-ahead log with group commit.
 //!
 //! Every change goes to a single writer thread as a job. The writer takes every job
-//! waiting, applies them in one redb transaction committed without fsync, appends
+//! waiting, applies them in one redb transaction committed without fsync (a run of
+//! pops of one queue in one pass over its head), appends
 //! the batch's changes to the write-ahead log as one frame, and hands the jobs to
 //! a syncer thread. The syncer fdatasyncs the log once for every batch handed to
 //! it meanwhile, then answers their jobs. So concurrent publishes share one
@@ -257,21 +258,28 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: for<'b, 't> FnOnce(&'b mut Batch<'t>) -> Result<T, StoreError> + Send + 'static,
     {
-        Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            let task = Task {
-                durable,
-                weight,
-                f: Some(f),
-                out: None,
-                tx,
-            };
-            self.jobs
-                .send(Msg::Work(Box::new(task)))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        let (tx, rx) = oneshot::channel();
+        let task = Task {
+            durable,
+            weight,
+            f: Some(f),
+            out: None,
+            tx,
+        };
+        Box::pin(self.run(Box::new(task), rx))
+    }
+
+    /// Sends `job` to the writer and waits for its answer on `rx`.
+    async fn run<T>(
+        &self,
+        job: Box<dyn Work>,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.jobs
+            .send(Msg::Work(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Whether the queue may have messages to take (visible, or hidden ones that
@@ -299,19 +307,22 @@ impl Store for EmbeddedStore {
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
-        if !self.has_waiting(queue) {
-            return Box::pin(async { Ok(None) });
-        }
-        let queue = queue.to_owned();
-        self.submit(false, 0, move |b| b.pop(&queue))
+        let popped = self.pop_many(queue, 1);
+        Box::pin(async move { Ok(popped.await?.pop()) })
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
         if !self.has_waiting(queue) {
             return Box::pin(async { Ok(Vec::new()) });
         }
-        let queue = queue.to_owned();
-        self.submit(false, 0, move |b| b.pop_many(&queue, max))
+        let (tx, rx) = oneshot::channel();
+        let job = PopJob {
+            queue: queue.to_owned(),
+            max,
+            out: None,
+            tx,
+        };
+        Box::pin(self.run(Box::new(job), rx))
     }
 
     fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
@@ -489,6 +500,100 @@ trait Work: Send {
     fn weight(&self) -> usize;
     fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+    /// What the job pops, when it is a pop: the writer takes a run of pops of
+    /// one queue together.
+    fn pops(&self) -> Option<(&str, usize)> {
+        None
+    }
+    /// Gives a pop taken with others in a run its messages.
+    fn popped(&mut self, _messages: Vec<Message>) {}
+}
+
+/// A pop: its own job type, so that the writer can tell pops apart and take a
+/// run of them in one pass (see [`apply_all`]).
+struct PopJob {
+    queue: String,
+    max: usize,
+    out: Option<Result<Vec<Message>, StoreError>>,
+    tx: oneshot::Sender<Result<Vec<Message>, StoreError>>,
+}
+
+impl Work for PopJob {
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn weight(&self) -> usize {
+        0
+    }
+
+    fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        self.out = Some(Ok(batch.pop_many(&self.queue, self.max)?));
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        // The caller may have gone away (a closed connection); nothing to tell then.
+        let _ = self.tx.send(answer(outcome, self.out));
+    }
+
+    fn pops(&self) -> Option<(&str, usize)> {
+        Some((&self.queue, self.max))
+    }
+
+    fn popped(&mut self, messages: Vec<Message>) {
+        self.out = Some(Ok(messages));
+    }
+}
+
+/// Applies `jobs` in order, taking each run of pops of one queue in one pass:
+/// the same messages, in the same order, as popping for each job in turn.
+fn apply_all(jobs: &mut [Box<dyn Work>], batch: &mut Batch<'_>) -> Result<(), StoreError> {
+    let mut i = 0;
+    while i < jobs.len() {
+        let (run, queue, wanted) = pops_ahead(&jobs[i..]);
+        if run < 2 {
+            jobs[i].apply(batch)?;
+            i += 1;
+            continue;
+        }
+        let mut messages = batch.pop_many(&queue, wanted)?.into_iter();
+        for job in &mut jobs[i..i + run] {
+            let max = job.pops().map_or(0, |(_, max)| max);
+            job.popped(messages.by_ref().take(max).collect());
+        }
+        i += run;
+    }
+    Ok(())
+}
+
+/// How many of `jobs`, from the first, pop the same queue; that queue, and
+/// how many messages they want in all.
+fn pops_ahead(jobs: &[Box<dyn Work>]) -> (usize, String, usize) {
+    let Some((queue, _)) = jobs.first().and_then(|job| job.pops()) else {
+        return (0, String::new(), 0);
+    };
+    let (mut run, mut wanted) = (0, 0);
+    for (q, max) in jobs.iter().map_while(|job| job.pops()) {
+        if q != queue {
+            break;
+        }
+        run += 1;
+        wanted += max;
+    }
+    (run, queue.to_owned(), wanted)
+}
+
+/// The answer to a job, once its batch has come to `outcome`.
+fn answer<T>(
+    outcome: Result<(), StoreError>,
+    out: Option<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match (outcome, out) {
+        (Ok(()), Some(out)) => out,
+        (Ok(()), None) => Err(StoreError::Unavailable("the change was not applied".into())),
+        (Err(e), _) => Err(e),
+    }
 }
 
 struct Task<T, F> {
@@ -531,13 +636,8 @@ where
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
-        let answer = match (outcome, self.out) {
-            (Ok(()), Some(out)) => out,
-            (Ok(()), None) => Err(StoreError::Unavailable("the change was not applied".into())),
-            (Err(e), _) => Err(e),
-        };
         // The caller may have gone away (a closed connection); nothing to tell then.
-        let _ = self.tx.send(answer);
+        let _ = self.tx.send(answer(outcome, self.out));
     }
 }
 
@@ -714,10 +814,7 @@ impl Writer {
             let (mut jobs, stop) = receive(rx);
             if !jobs.is_empty() {
                 batch.begin(self.clock.now());
-                let applied = jobs
-                    .iter_mut()
-                    .try_for_each(|job| job.apply(&mut batch))
-                    .and_then(|()| batch.write_meta());
+                let applied = apply_all(&mut jobs, &mut batch).and_then(|()| batch.write_meta());
                 if let Err(e) = applied {
                     hand_off(&self.handoffs, &self.shared, jobs, Err(e.clone()), false);
                     return (stop.unwrap_or(Stop::Commit), Err(e));
