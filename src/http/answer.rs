@@ -30,7 +30,7 @@ fn jsonp(callback: &Callback, json: &str, tail: &str) -> Response {
 /// A text answer of `/`, `/q` and `/p`: `text` + CRLF, or `cb("text");` + CRLF.
 pub fn text_line(text: &str, callback: Option<&Callback>) -> Response {
     match callback {
-        None => with_type(TEXT, format!("{text}\r\n")),
+        None => with_type(TEXT, [text, "\r\n"].concat()),
         Some(cb) => jsonp(cb, &to_json(text), ";\r\n"),
     }
 }

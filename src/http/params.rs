@@ -2,6 +2,7 @@
 //! the last occurrence winning, surrounding whitespace stripped.
 
 use std::borrow::Cow;
+use std::task::Poll;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -69,24 +70,33 @@ pub async fn body(body: axum::body::Body, state: &AppState) -> Result<Bytes, Err
     if axum::body::HttpBody::is_end_stream(&body) {
         return Ok(Bytes::new());
     }
-    // Bounded in time, so that a client trickling its body cannot hold the
-    // request (and its connection) for ever.
-    let limit = state.body_timeout;
-    tokio::time::timeout(limit, axum::body::to_bytes(body, state.max_body))
-        .await
-        .map_err(|_| Error::BodyTimeout {
-            seconds: limit.as_secs_f64(),
-        })?
-        .map_err(|error| {
-            let error = error.into_inner();
-            if error.is::<http_body_util::LengthLimitError>() {
-                Error::BodyTooLarge {
-                    limit: state.max_body,
-                }
-            } else {
-                Error::BadBody(error.to_string())
+    let mut whole = std::pin::pin!(axum::body::to_bytes(body, state.max_body));
+    // A small body mostly comes in with the request's head: read at once, it
+    // needs no timer either.
+    let at_once = std::future::poll_fn(|cx| Poll::Ready(whole.as_mut().poll(cx))).await;
+    let read = match at_once {
+        Poll::Ready(read) => read,
+        // Bounded in time, so that a client trickling its body cannot hold the
+        // request (and its connection) for ever.
+        Poll::Pending => {
+            let limit = state.body_timeout;
+            tokio::time::timeout(limit, whole)
+                .await
+                .map_err(|_| Error::BodyTimeout {
+                    seconds: limit.as_secs_f64(),
+                })?
+        }
+    };
+    read.map_err(|error| {
+        let error = error.into_inner();
+        if error.is::<http_body_util::LengthLimitError>() {
+            Error::BodyTooLarge {
+                limit: state.max_body,
             }
-        })
+        } else {
+            Error::BadBody(error.to_string())
+        }
+    })
 }
 
 impl Params {
