@@ -4,7 +4,9 @@
 //! read from the queues when scraped.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt::Write;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -77,34 +79,37 @@ pub struct QueueCounters {
 /// A map from a label to its value, created on first use. Reads (the hot
 /// path, once the label exists) take a shared lock only.
 #[derive(Debug)]
-struct Family<T> {
-    members: RwLock<HashMap<String, Arc<T>>>,
+struct Family<T, H = RandomState> {
+    members: RwLock<HashMap<String, Arc<T>, H>>,
 }
 
-impl<T> Default for Family<T> {
+impl<T, H: Default> Default for Family<T, H> {
     fn default() -> Self {
         Family {
-            members: RwLock::default(),
+            members: RwLock::new(HashMap::default()),
         }
     }
 }
 
-impl<T: Default> Family<T> {
-    fn get(&self, label: &str) -> Arc<T> {
+impl<T: Default, H: BuildHasher> Family<T, H> {
+    /// Runs `f` on the member of `label`, made if new.
+    fn with<R>(&self, label: &str, f: impl FnOnce(&T) -> R) -> R {
         if let Some(member) = self
             .members
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(label)
         {
-            return member.clone();
+            return f(member);
         }
-        self.members
+        let member = self
+            .members
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(label.to_owned())
             .or_default()
-            .clone()
+            .clone();
+        f(&member)
     }
 
     /// Every member, sorted by label, so that scrapes read the same order.
@@ -124,12 +129,39 @@ impl<T: Default> Family<T> {
 /// Every metric of a server. Cheap to share.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// By queue: names come from clients, so hashed with a random key.
     queues: Family<QueueCounters>,
-    /// By route: the router's pattern, so the set stays small.
-    http: Family<RouteLatency>,
-    /// By store operation.
-    store: Family<Histogram>,
+    /// By route: the router's pattern, so the set stays small and ours.
+    http: Family<RouteLatency, Fnv>,
+    /// By store operation, a set of our own names.
+    store: Family<Histogram, Fnv>,
 }
+
+/// FNV-1a, for the labels restmq chooses itself (routes, operations): a few
+/// instructions a byte where the default hasher, keyed against collisions a
+/// client could craft, takes many more.
+#[derive(Debug, Clone, Copy)]
+struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fnv = BuildHasherDefault<FnvHasher>;
 
 /// What the scrape reads from the queues at that moment.
 #[derive(Debug, Clone, Default)]
@@ -147,9 +179,9 @@ pub struct QueueGauges {
 }
 
 impl Metrics {
-    /// The counters of `queue`.
-    pub fn queue(&self, queue: &str) -> Arc<QueueCounters> {
-        self.queues.get(queue)
+    /// Runs `f` on the counters of `queue`.
+    pub fn count(&self, queue: &str, f: impl FnOnce(&QueueCounters)) {
+        self.queues.with(queue, f);
     }
 
     /// Counts an answered HTTP request.
@@ -158,12 +190,14 @@ impl Metrics {
             .iter()
             .position(|m| *m == method)
             .unwrap_or(METHODS.len() - 1);
-        self.http.get(route).by_method[slot].observe(elapsed);
+        self.http
+            .with(route, |latency| latency.by_method[slot].observe(elapsed));
     }
 
     /// Counts a store operation.
     pub fn store(&self, operation: &str, elapsed: Duration) {
-        self.store.get(operation).observe(elapsed);
+        self.store
+            .with(operation, |histogram| histogram.observe(elapsed));
     }
 
     /// The Prometheus text exposition of every metric, with `gauges` read from
@@ -291,10 +325,9 @@ mod tests {
         metrics.store("pop", Duration::from_micros(90));
         metrics.store("pop", Duration::from_micros(2_000));
         metrics.store("pop", Duration::from_secs(20));
-        metrics
-            .queue("a \"b\"\n")
-            .published
-            .fetch_add(2, Ordering::Relaxed);
+        metrics.count("a \"b\"\n", |counters| {
+            counters.published.fetch_add(2, Ordering::Relaxed);
+        });
         let text = metrics.render(&[], &[("q".into(), 3)]);
         assert!(text.contains("restmq_dead_lettered_total{queue=\"q\"} 3"));
         assert!(text.contains(r#"restmq_published_total{queue="a \"b\"\n"} 2"#));

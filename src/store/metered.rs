@@ -25,21 +25,25 @@ impl MeteredStore {
         MeteredStore { inner, metrics }
     }
 
-    /// Times `operation`; once it succeeds, `count` adds its outcome to the
-    /// counters of `queue`.
+    /// Times `operation`; once it succeeds, `count` says what its outcome adds
+    /// to the counters of `queue`.
     fn timed<'a, T: Send + 'a>(
         &'a self,
         operation: &'static str,
         queue: &'a str,
         future: StoreFuture<'a, T>,
-        count: impl FnOnce(&T, &QueueCounters) + Send + 'a,
+        count: impl FnOnce(&T) -> Tally + Send + 'a,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             let started = Instant::now();
             let result = future.await;
             self.metrics.store(operation, started.elapsed());
             if let Ok(value) = &result {
-                count(value, &self.metrics.queue(queue));
+                let tally = count(value);
+                // An empty pop, say, need not look its queue up.
+                if tally != Tally::default() {
+                    self.metrics.count(queue, |counters| tally.add_to(counters));
+                }
             }
             result
         })
@@ -60,8 +64,29 @@ impl MeteredStore {
     }
 }
 
-fn add(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(n as u64, Ordering::Relaxed);
+/// What an operation adds to its queue's counters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    published: usize,
+    consumed: usize,
+    acked: usize,
+    redelivered: usize,
+    returned: usize,
+}
+
+impl Tally {
+    fn add_to(&self, counters: &QueueCounters) {
+        let add = |counter: &AtomicU64, n: usize| {
+            if n > 0 {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        };
+        add(&counters.published, self.published);
+        add(&counters.consumed, self.consumed);
+        add(&counters.acked, self.acked);
+        add(&counters.redelivered, self.redelivered);
+        add(&counters.returned, self.returned);
+    }
 }
 
 impl Store for MeteredStore {
@@ -75,30 +100,34 @@ impl Store for MeteredStore {
         messages: Vec<NewMessage>,
     ) -> StoreFuture<'a, Vec<u64>> {
         let inner = self.inner.publish(queue, messages);
-        self.timed("publish", queue, inner, |ids, c| {
-            add(&c.published, ids.len())
+        self.timed("publish", queue, inner, |ids| Tally {
+            published: ids.len(),
+            ..Tally::default()
         })
     }
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
         let inner = self.inner.pop(queue);
-        self.timed("pop", queue, inner, |popped, c| {
-            add(&c.consumed, usize::from(popped.is_some()));
+        self.timed("pop", queue, inner, |popped| Tally {
+            consumed: usize::from(popped.is_some()),
+            ..Tally::default()
         })
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
         let inner = self.inner.pop_many(queue, max);
-        self.timed("pop", queue, inner, |popped, c| {
-            add(&c.consumed, popped.len())
+        self.timed("pop", queue, inner, |popped| Tally {
+            consumed: popped.len(),
+            ..Tally::default()
         })
     }
 
     fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
         let returned = messages.len();
         let inner = self.inner.restore(queue, messages);
-        self.timed("restore", queue, inner, move |(), c| {
-            add(&c.returned, returned)
+        self.timed("restore", queue, inner, move |()| Tally {
+            returned,
+            ..Tally::default()
         })
     }
 
@@ -109,12 +138,10 @@ impl Store for MeteredStore {
         visibility_ms: u64,
     ) -> StoreFuture<'a, Vec<Received>> {
         let inner = self.inner.receive(queue, max, visibility_ms);
-        self.timed("receive", queue, inner, |received, c| {
-            add(&c.consumed, received.len());
-            add(
-                &c.redelivered,
-                received.iter().filter(|r| r.delivery > 1).count(),
-            );
+        self.timed("receive", queue, inner, |received| Tally {
+            consumed: received.len(),
+            redelivered: received.iter().filter(|r| r.delivery > 1).count(),
+            ..Tally::default()
         })
     }
 
@@ -126,10 +153,9 @@ impl Store for MeteredStore {
         let asked = receipts.len();
         let inner = self.inner.ack(queue, receipts);
         // All or none: with any receipt stale, nothing was acknowledged.
-        self.timed("ack", queue, inner, move |stale, c| {
-            if stale.is_empty() {
-                add(&c.acked, asked);
-            }
+        self.timed("ack", queue, inner, move |stale| Tally {
+            acked: if stale.is_empty() { asked } else { 0 },
+            ..Tally::default()
         })
     }
 
