@@ -5,10 +5,11 @@
 //! one call took (a pop that gets nothing found the queue empty, as it would
 //! have alone), publishes are appended by one call.
 //!
-//! The first request to arrive starts a round, in a task of its own, for the
-//! requests waiting then; requests arriving meanwhile wait, and when the round
-//! is done the first of them is told to start the next. A request told so whose
-//! caller is gone hands that on the same way (the lead's guard does).
+//! The first request to arrive starts a task of its own that runs rounds, each
+//! for every request waiting when it starts, until none is left: the next
+//! round starts as soon as the last one has answered, without waiting for any
+//! task to be woken, so Redis is not left idle between rounds while the
+//! answered requests are written out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,22 +24,13 @@ fn lock<Q, A>(queues: &Queues<Q, A>) -> std::sync::MutexGuard<'_, HashMap<String
     queues.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What a waiting request is told.
-enum Told<Q, A> {
-    /// Its answer, or the round's failure.
-    Done(Result<A, StoreError>),
-    /// Lead the next round, with its request given back. The lead is handed on
-    /// when this is dropped, so it is not lost if the caller goes away first.
-    Lead(Lead<Q, A>, Q),
-}
-
 struct Waiter<Q, A> {
     ask: Q,
-    tell: oneshot::Sender<Told<Q, A>>,
+    tell: oneshot::Sender<Result<A, StoreError>>,
 }
 
 struct Queue<Q, A> {
-    /// Whether a request leads a round, or has been told to lead the next.
+    /// Whether a task runs this queue's rounds.
     leading: bool,
     waiting: Vec<Waiter<Q, A>>,
 }
@@ -66,70 +58,54 @@ impl<Q, A> Default for Combiner<Q, A> {
 }
 
 impl<Q: Send + 'static, A: Send + 'static> Combiner<Q, A> {
-    /// Serves `ask` on `queue` with the requests arriving together: `round`
-    /// answers the requests of a round, one answer each, in order; `unsent`
-    /// gets what was answered to callers that went away before they were told
-    /// (pops put their messages back). A round runs in a task of its own: it
-    /// serves every request waiting, so it must not stop with the caller that
-    /// started it.
-    pub async fn run<R, RF, U, UF>(
-        &self,
-        queue: &str,
-        ask: Q,
-        round: R,
-        unsent: U,
-    ) -> Result<A, StoreError>
+    /// Serves `ask` on `queue` with the requests arriving together. `make`,
+    /// called by the request that starts the queue's task, gives `round`, which
+    /// answers the requests of a round, one answer each, in order, and
+    /// `unsent`, which gets what was answered to callers that went away before
+    /// they were told (pops put their messages back). Rounds run in a task of
+    /// their own: a round serves every request waiting, so it must not stop
+    /// with the caller that started it.
+    pub async fn run<M, R, RF, U, UF>(&self, queue: &str, ask: Q, make: M) -> Result<A, StoreError>
     where
-        R: FnOnce(Vec<Q>) -> RF + Clone + Send + 'static,
+        M: FnOnce() -> (R, U),
+        R: Fn(Vec<Q>) -> RF + Send + 'static,
         RF: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
-        U: FnOnce(Vec<A>) -> UF + Clone + Send + 'static,
+        U: Fn(Vec<A>) -> UF + Send + 'static,
         UF: Future<Output = Result<(), StoreError>> + Send + 'static,
     {
-        let mut lead: Option<Lead<Q, A>> = None;
-        let mut ask = ask;
-        loop {
-            let (tell, told) = oneshot::channel();
-            {
-                let mut queues = lock(&self.queues);
-                let entry = queues.entry(queue.to_owned()).or_default();
-                entry.waiting.push(Waiter { ask, tell });
-                if lead.is_none() && !entry.leading {
-                    entry.leading = true;
-                    lead = Some(Lead::new(&self.queues, queue));
-                }
-            }
-            if let Some(guard) = lead.take() {
-                let waiting = lock(&self.queues)
-                    .get_mut(queue)
-                    .map(|entry| std::mem::take(&mut entry.waiting))
-                    .unwrap_or_default();
-                let (asks, tells): (Vec<Q>, Vec<_>) =
-                    waiting.into_iter().map(|w| (w.ask, w.tell)).unzip();
-                let (round, unsent, queue) = (round.clone(), unsent.clone(), queue.to_owned());
-                tokio::spawn(async move {
+        let (tell, told) = oneshot::channel();
+        let start = {
+            let mut queues = lock(&self.queues);
+            let entry = queues.entry(queue.to_owned()).or_default();
+            entry.waiting.push(Waiter { ask, tell });
+            !std::mem::replace(&mut entry.leading, true)
+        };
+        if start {
+            let (round, unsent) = make();
+            let mut rounds = Rounds {
+                queues: self.queues.clone(),
+                queue: queue.to_owned(),
+                done: false,
+            };
+            tokio::spawn(async move {
+                while let Some(waiting) = rounds.next() {
+                    let (asks, tells): (Vec<Q>, Vec<_>) =
+                        waiting.into_iter().map(|w| (w.ask, w.tell)).unzip();
                     let gone = hand_out(tells, round(asks).await);
                     // Put back before the next round, which would take past them.
                     if !gone.is_empty() {
                         if let Err(e) = unsent(gone).await {
-                            tracing::warn!(%queue, error = %e, "cannot put back what was taken for a request that went away");
+                            tracing::warn!(queue = %rounds.queue, error = %e, "cannot put back what was taken for a request that went away");
                         }
                     }
-                    drop(guard);
-                });
-            }
-            match told.await {
-                Ok(Told::Done(result)) => return result,
-                Ok(Told::Lead(guard, back)) => {
-                    lead = Some(guard);
-                    ask = back;
                 }
-                Err(_) => {
-                    return Err(StoreError::Unavailable(
-                        "a combined request ended without an answer".into(),
-                    ));
-                }
-            }
+            });
         }
+        told.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "a combined request ended without an answer".into(),
+            ))
+        })
     }
 }
 
@@ -152,8 +128,8 @@ pub fn shares<T>(
 
 /// Tells each request of a round its answer, in order; returns the answers of
 /// callers no longer there.
-fn hand_out<Q, A>(
-    tells: Vec<oneshot::Sender<Told<Q, A>>>,
+fn hand_out<A>(
+    tells: Vec<oneshot::Sender<Result<A, StoreError>>>,
     answers: Vec<Result<A, StoreError>>,
 ) -> Vec<A> {
     let mut answers = answers.into_iter();
@@ -164,54 +140,46 @@ fn hand_out<Q, A>(
                 "a combined request got no answer".into(),
             ))
         });
-        if let Err(Told::Done(Ok(answer))) = tell.send(Told::Done(answer)) {
+        if let Err(Ok(answer)) = tell.send(answer) {
             gone.push(answer);
         }
     }
     gone
 }
 
-/// The lead of a queue's rounds: when dropped (a round done, or its caller
-/// gone), it goes to the first request waiting, or the queue has no leader.
-struct Lead<Q, A> {
+/// The task running a queue's rounds. It ends, and the queue has no task,
+/// once no request waits; should the task stop otherwise (a round panicked),
+/// the requests waiting are answered with an error rather than left waiting.
+struct Rounds<Q, A> {
     queues: Queues<Q, A>,
     queue: String,
-    armed: bool,
+    /// Set once the task has let the queue go.
+    done: bool,
 }
 
-impl<Q, A> Lead<Q, A> {
-    fn new(queues: &Queues<Q, A>, queue: &str) -> Lead<Q, A> {
-        Lead {
-            queues: queues.clone(),
-            queue: queue.to_owned(),
-            armed: true,
+impl<Q, A> Rounds<Q, A> {
+    /// The requests waiting for the next round; none, and the queue's task
+    /// ends, in one step under the lock, so that a request arriving then
+    /// starts a task of its own.
+    fn next(&mut self) -> Option<Vec<Waiter<Q, A>>> {
+        let mut queues = lock(&self.queues);
+        let entry = queues.get_mut(&self.queue)?;
+        if entry.waiting.is_empty() {
+            queues.remove(&self.queue);
+            self.done = true;
+            return None;
         }
+        Some(std::mem::take(&mut entry.waiting))
     }
 }
 
-impl<Q, A> Drop for Lead<Q, A> {
+impl<Q, A> Drop for Rounds<Q, A> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        // Once let go, the queue may have a new task: not ours to touch.
+        if !self.done {
+            // Dropping the waiters' senders answers them with an error.
+            lock(&self.queues).remove(&self.queue);
         }
-        let mut queues = lock(&self.queues);
-        let Some(entry) = queues.get_mut(&self.queue) else {
-            return;
-        };
-        while !entry.waiting.is_empty() {
-            let next = entry.waiting.remove(0);
-            match next
-                .tell
-                .send(Told::Lead(Lead::new(&self.queues, &self.queue), next.ask))
-            {
-                Ok(()) => return,
-                // That caller went away: the lead, unsent, must not hand itself
-                // on again (this lock is held).
-                Err(Told::Lead(mut unsent, _)) => unsent.armed = false,
-                Err(Told::Done(_)) => {}
-            }
-        }
-        queues.remove(&self.queue);
     }
 }
 
@@ -219,6 +187,7 @@ impl<Q, A> Drop for Lead<Q, A> {
 mod tests {
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use super::*;
     use crate::store::Message;
@@ -279,17 +248,21 @@ mod tests {
         let (combiner, taking, restoring) = (combiner.clone(), source.clone(), source.clone());
         tokio::spawn(async move {
             combiner
-                .run(
-                    "q",
-                    max,
-                    move |asks| async move {
-                        let wanted = asks.iter().sum();
-                        shares(&asks, taking.take(wanted).await)
-                    },
-                    move |back: Vec<Vec<Message>>| async move {
-                        restoring.restore(back.concat()).await
-                    },
-                )
+                .run("q", max, move || {
+                    (
+                        move |asks: Vec<usize>| {
+                            let taking = taking.clone();
+                            async move {
+                                let wanted = asks.iter().sum();
+                                shares(&asks, taking.take(wanted).await)
+                            }
+                        },
+                        move |back: Vec<Vec<Message>>| {
+                            let restoring = restoring.clone();
+                            async move { restoring.restore(back.concat()).await }
+                        },
+                    )
+                })
                 .await
         })
     }
@@ -321,23 +294,31 @@ mod tests {
         let combiner = Arc::new(Pops::default());
         let stuck = Arc::new(tokio::sync::Notify::new());
         // The first round waits until told; the pop that started it goes away.
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first = {
             let (combiner, source, stuck) = (combiner.clone(), source.clone(), stuck.clone());
             let restoring = source.clone();
             tokio::spawn(async move {
                 combiner
-                    .run(
-                        "q",
-                        1,
-                        move |asks| async move {
-                            stuck.notified().await;
-                            let wanted = asks.iter().sum();
-                            shares(&asks, source.take(wanted).await)
-                        },
-                        move |back: Vec<Vec<Message>>| async move {
-                            restoring.restore(back.concat()).await
-                        },
-                    )
+                    .run("q", 1, move || {
+                        (
+                            move |asks: Vec<usize>| {
+                                let (source, stuck) = (source.clone(), stuck.clone());
+                                let first = !held.swap(true, Ordering::SeqCst);
+                                async move {
+                                    if first {
+                                        stuck.notified().await;
+                                    }
+                                    let wanted = asks.iter().sum();
+                                    shares(&asks, source.take(wanted).await)
+                                }
+                            },
+                            move |back: Vec<Vec<Message>>| {
+                                let restoring = restoring.clone();
+                                async move { restoring.restore(back.concat()).await }
+                            },
+                        )
+                    })
                     .await
             })
         };
@@ -360,9 +341,38 @@ mod tests {
         assert!(lock(&combiner.queues).is_empty(), "no leader left behind");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_that_panics_fails_its_requests_and_the_next_starts_anew() {
+        let combiner = Arc::new(Pops::default());
+        let failing = {
+            let combiner = combiner.clone();
+            tokio::spawn(async move {
+                combiner
+                    .run("q", 1, || {
+                        (
+                            |_: Vec<usize>| async { panic!("a round that fails") },
+                            |_: Vec<Vec<Message>>| async { Ok(()) },
+                        )
+                    })
+                    .await
+            })
+        };
+        let answer = failing.await.expect("the caller itself does not panic");
+        assert!(answer.is_err(), "{answer:?}");
+        let source = Source::holding(1);
+        // A deadline, not a wait: a queue left marked as served would hang here.
+        let taken = tokio::time::timeout(Duration::from_secs(30), pop(&combiner, &source, 1))
+            .await
+            .expect("served, not left waiting")
+            .expect("no panic")
+            .expect("a new round serves it");
+        assert_eq!(taken, vec![message(1)]);
+        assert!(lock(&combiner.queues).is_empty(), "no task left behind");
+    }
+
     #[test]
     fn what_a_gone_pop_was_given_is_returned() {
-        let (gone, told) = oneshot::channel::<Told<usize, Vec<Message>>>();
+        let (gone, told) = oneshot::channel::<Result<Vec<Message>, StoreError>>();
         drop(told);
         let (here, answer) = oneshot::channel();
         let answers = shares(&[2, 1], Ok((1..=3).map(message).collect()));
@@ -372,8 +382,8 @@ mod tests {
             vec![1, 2]
         );
         match answer.blocking_recv() {
-            Ok(Told::Done(Ok(share))) => assert_eq!(share, vec![message(3)]),
-            Ok(Told::Done(Err(_)) | Told::Lead(..)) | Err(_) => panic!("the second pop gets 3"),
+            Ok(Ok(share)) => assert_eq!(share, vec![message(3)]),
+            Ok(Err(_)) | Err(_) => panic!("the second pop gets 3"),
         }
     }
 
@@ -389,23 +399,27 @@ mod tests {
                 tokio::spawn(async move {
                     let ask = vec![format!("{i}a"), format!("{i}b")];
                     combiner
-                        .run(
-                            "q",
-                            ask,
-                            move |asks: Vec<Vec<String>>| async move {
-                                rounds.fetch_add(1, Ordering::SeqCst);
-                                tokio::task::yield_now().await;
-                                let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-                                asks.into_iter()
-                                    .map(|values| {
-                                        let first = log.len();
-                                        log.extend(values);
-                                        Ok((first..log.len()).collect())
-                                    })
-                                    .collect()
-                            },
-                            |_gone: Vec<Vec<usize>>| async { Ok(()) },
-                        )
+                        .run("q", ask, move || {
+                            (
+                                move |asks: Vec<Vec<String>>| {
+                                    let (log, rounds) = (log.clone(), rounds.clone());
+                                    async move {
+                                        rounds.fetch_add(1, Ordering::SeqCst);
+                                        tokio::task::yield_now().await;
+                                        let mut log =
+                                            log.lock().unwrap_or_else(PoisonError::into_inner);
+                                        asks.into_iter()
+                                            .map(|values| {
+                                                let first = log.len();
+                                                log.extend(values);
+                                                Ok((first..log.len()).collect())
+                                            })
+                                            .collect()
+                                    }
+                                },
+                                |_gone: Vec<Vec<usize>>| async { Ok(()) },
+                            )
+                        })
                         .await
                 })
             })

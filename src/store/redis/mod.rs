@@ -243,20 +243,27 @@ impl RedisStore {
     /// Pops up to `max` messages of `queue`, in one script call with the
     /// other pops of the queue arriving meanwhile (see [`combine`]).
     async fn pop_combined(&self, queue: &str, max: usize) -> Result<Vec<Message>, StoreError> {
-        let (store, name) = (self.clone(), queue.to_owned());
-        let round = move |asks: Vec<usize>| async move {
-            let wanted = asks.iter().sum();
-            let taken = store.take(&name, wanted, &scripts::POP, 3, &[]).await;
-            combine::shares(
-                &asks,
-                taken.map(|t| t.into_iter().map(|(m, _)| m).collect()),
-            )
+        let make = || {
+            let (store, name) = (self.clone(), queue.to_owned());
+            let round = move |asks: Vec<usize>| {
+                let (store, name) = (store.clone(), name.clone());
+                async move {
+                    let wanted = asks.iter().sum();
+                    let taken = store.take(&name, wanted, &scripts::POP, 3, &[]).await;
+                    combine::shares(
+                        &asks,
+                        taken.map(|t| t.into_iter().map(|(m, _)| m).collect()),
+                    )
+                }
+            };
+            let (store, name) = (self.clone(), queue.to_owned());
+            let restore = move |gone: Vec<Vec<Message>>| {
+                let (store, name) = (store.clone(), name.clone());
+                async move { Store::restore(&store, &name, gone.concat()).await }
+            };
+            (round, restore)
         };
-        let (store, name) = (self.clone(), queue.to_owned());
-        let restore = move |gone: Vec<Vec<Message>>| async move {
-            Store::restore(&store, &name, gone.concat()).await
-        };
-        self.pops.run(queue, max, round, restore).await
+        self.pops.run(queue, max, make).await
     }
 
     /// Publishes `messages` to `queue`, in one script call with the other
@@ -266,12 +273,17 @@ impl RedisStore {
         queue: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<u64>, StoreError> {
-        let (store, name) = (self.clone(), queue.to_owned());
-        let round =
-            move |asks: Vec<Vec<NewMessage>>| async move { store.publish_round(&name, asks).await };
-        // A publish whose caller went away is published all the same.
-        let gone = |_: Vec<Vec<u64>>| async { Ok(()) };
-        self.publishes.run(queue, messages, round, gone).await
+        let make = || {
+            let (store, name) = (self.clone(), queue.to_owned());
+            let round = move |asks: Vec<Vec<NewMessage>>| {
+                let (store, name) = (store.clone(), name.clone());
+                async move { store.publish_round(&name, asks).await }
+            };
+            // A publish whose caller went away is published all the same.
+            let gone = |_: Vec<Vec<u64>>| async { Ok(()) };
+            (round, gone)
+        };
+        self.publishes.run(queue, messages, make).await
     }
 
     /// Publishes each request of a round, all-or-none each: requests together
