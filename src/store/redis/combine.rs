@@ -163,13 +163,14 @@ impl<Q, A> Rounds<Q, A> {
     /// starts a task of its own.
     fn next(&mut self) -> Option<Vec<Waiter<Q, A>>> {
         let mut queues = lock(&self.queues);
-        let entry = queues.get_mut(&self.queue)?;
-        if entry.waiting.is_empty() {
-            queues.remove(&self.queue);
-            self.done = true;
-            return None;
+        match queues.get_mut(&self.queue) {
+            Some(entry) if !entry.waiting.is_empty() => Some(std::mem::take(&mut entry.waiting)),
+            _ => {
+                queues.remove(&self.queue);
+                self.done = true;
+                None
+            }
         }
-        Some(std::mem::take(&mut entry.waiting))
     }
 }
 
