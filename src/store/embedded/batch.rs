@@ -108,20 +108,25 @@ impl<'t> Batch<'t> {
         self.meta.configs.get(queue).cloned().unwrap_or_default()
     }
 
-    /// The queue's metadata for changing, created if new.
-    fn touch(&mut self, queue: &str) -> &mut QueueMeta {
+    /// Changes the queue's metadata with `change`, the queue created if new.
+    fn touch<R>(&mut self, queue: &str, change: impl FnOnce(&mut QueueMeta) -> R) -> R {
         if !self.touched.contains(queue) {
             self.touched.insert(queue.to_owned());
         }
+        // Looked up first: the name is copied only for a new queue.
+        if let Some(meta) = self.meta.queues.get_mut(queue) {
+            return change(meta);
+        }
         let next_id = &mut self.meta.next_id;
-        self.meta.queues.entry(queue.to_owned()).or_insert_with(|| {
+        let meta = self.meta.queues.entry(queue.to_owned()).or_insert_with(|| {
             let id = *next_id;
             *next_id += 1;
             QueueMeta {
                 id,
                 info: QueueInfo::default(),
             }
-        })
+        });
+        change(meta)
     }
 
     /// Writes the metadata of every queue the batch touched to its table.
@@ -147,12 +152,13 @@ impl<'t> Batch<'t> {
         expires_at: u64,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let meta = self.touch(queue);
-        let qid = meta.id;
-        meta.info.last_id = meta.info.last_id.max(id);
-        meta.info.len += 1;
-        // A queue starts on its first message, unless it was stopped beforehand.
-        meta.info.status.get_or_insert(Status::Started);
+        let qid = self.touch(queue, |meta| {
+            meta.info.last_id = meta.info.last_id.max(id);
+            meta.info.len += 1;
+            // A queue starts on its first message, unless it was stopped beforehand.
+            meta.info.status.get_or_insert(Status::Started);
+            meta.id
+        });
         encode_message(&mut self.scratch, expires_at, value);
         self.messages
             .insert((qid, id), self.scratch.as_slice())
@@ -210,8 +216,9 @@ impl<'t> Batch<'t> {
     fn removed(&mut self, queue: &str, qid: u64, id: u64) -> Result<(), StoreError> {
         self.peeks.remove((qid, id)).map_err(db_error)?;
         self.deliveries.remove((qid, id)).map_err(db_error)?;
-        let meta = self.touch(queue);
-        meta.info.len = meta.info.len.saturating_sub(1);
+        self.touch(queue, |meta| {
+            meta.info.len = meta.info.len.saturating_sub(1)
+        });
         Op::Remove { queue, id }.encode(&mut self.log);
         Ok(())
     }
@@ -234,10 +241,11 @@ impl<'t> Batch<'t> {
         self.due
             .retain_in((qid, 0, 0)..=(qid, u64::MAX, u64::MAX), |_, _| false)
             .map_err(db_error)?;
-        let meta = self.touch(queue);
-        meta.info.len = 0;
-        meta.info.inflight = 0;
-        meta.info.delayed = 0;
+        self.touch(queue, |meta| {
+            meta.info.len = 0;
+            meta.info.inflight = 0;
+            meta.info.delayed = 0;
+        });
         Op::Purge { queue }.encode(&mut self.log);
         Ok(())
     }
@@ -264,9 +272,10 @@ impl<'t> Batch<'t> {
 
     fn set_meta(&mut self, queue: &str, status: u8, policy: u8) -> Result<(), StoreError> {
         let (status_value, policy_value) = (status_from_code(status)?, policy_from_code(policy)?);
-        let meta = self.touch(queue);
-        meta.info.status = status_value;
-        meta.info.policy = policy_value;
+        self.touch(queue, |meta| {
+            meta.info.status = status_value;
+            meta.info.policy = policy_value;
+        });
         Op::Meta {
             queue,
             status,
@@ -279,14 +288,15 @@ impl<'t> Batch<'t> {
     /// Hides message `id` as `record` says, replacing any record it had.
     fn hold(&mut self, queue: &str, id: u64, record: &Held) -> Result<(), StoreError> {
         self.unhold_quietly(queue, id)?;
-        let meta = self.touch(queue);
-        let qid = meta.id;
-        meta.info.last_id = meta.info.last_id.max(id);
-        meta.info.status.get_or_insert(Status::Started);
-        match record.state {
-            HeldState::InFlight => meta.info.inflight += 1,
-            HeldState::Delayed => meta.info.delayed += 1,
-        }
+        let qid = self.touch(queue, |meta| {
+            meta.info.last_id = meta.info.last_id.max(id);
+            meta.info.status.get_or_insert(Status::Started);
+            match record.state {
+                HeldState::InFlight => meta.info.inflight += 1,
+                HeldState::Delayed => meta.info.delayed += 1,
+            }
+            meta.id
+        });
         let mut encoded = Vec::with_capacity(record.value.len() + 32);
         record.encode(&mut encoded);
         self.held
@@ -315,11 +325,10 @@ impl<'t> Batch<'t> {
         let held = Held::decode(raw.value())?;
         drop(raw);
         self.due.remove((qid, held.due, id)).map_err(db_error)?;
-        let meta = self.touch(queue);
-        match held.state {
+        self.touch(queue, |meta| match held.state {
             HeldState::InFlight => meta.info.inflight = meta.info.inflight.saturating_sub(1),
             HeldState::Delayed => meta.info.delayed = meta.info.delayed.saturating_sub(1),
-        }
+        });
         Ok(Some(held))
     }
 
