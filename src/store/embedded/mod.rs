@@ -551,12 +551,15 @@ impl Work for PopJob {
 fn apply_all(jobs: &mut [Box<dyn Work>], batch: &mut Batch<'_>) -> Result<(), StoreError> {
     let mut i = 0;
     while i < jobs.len() {
-        let (run, queue, wanted) = pops_ahead(&jobs[i..]);
-        if run < 2 {
-            jobs[i].apply(batch)?;
-            i += 1;
-            continue;
-        }
+        let (run, wanted) = pops_ahead(&jobs[i..]);
+        let queue = match jobs[i].pops() {
+            Some((queue, _)) if run > 1 => queue.to_owned(),
+            _ => {
+                jobs[i].apply(batch)?;
+                i += 1;
+                continue;
+            }
+        };
         let mut messages = batch.pop_many(&queue, wanted)?.into_iter();
         for job in &mut jobs[i..i + run] {
             let max = job.pops().map_or(0, |(_, max)| max);
@@ -567,21 +570,16 @@ fn apply_all(jobs: &mut [Box<dyn Work>], batch: &mut Batch<'_>) -> Result<(), St
     Ok(())
 }
 
-/// How many of `jobs`, from the first, pop the same queue; that queue, and
-/// how many messages they want in all.
-fn pops_ahead(jobs: &[Box<dyn Work>]) -> (usize, String, usize) {
+/// How many of `jobs`, from the first, pop the same queue, and how many
+/// messages they want in all.
+fn pops_ahead(jobs: &[Box<dyn Work>]) -> (usize, usize) {
     let Some((queue, _)) = jobs.first().and_then(|job| job.pops()) else {
-        return (0, String::new(), 0);
+        return (0, 0);
     };
-    let (mut run, mut wanted) = (0, 0);
-    for (q, max) in jobs.iter().map_while(|job| job.pops()) {
-        if q != queue {
-            break;
-        }
-        run += 1;
-        wanted += max;
-    }
-    (run, queue.to_owned(), wanted)
+    jobs.iter()
+        .map_while(|job| job.pops())
+        .take_while(|(q, _)| *q == queue)
+        .fold((0, 0), |(run, wanted), (_, max)| (run + 1, wanted + max))
 }
 
 /// The answer to a job, once its batch has come to `outcome`.
