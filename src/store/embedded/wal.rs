@@ -270,6 +270,12 @@ fn frames(data: &[u8], generation: u64, after: u64) -> Vec<&[u8]> {
     out
 }
 
+/// Syncs the log `file`: every frame written to it is durable once this returns.
+pub(super) fn sync(file: &File) -> Result<(), StoreError> {
+    file.sync_data()
+        .map_err(|e| StoreError::Unavailable(format!("syncing the write-ahead log: {e}")))
+}
+
 /// The log file and where the next frame goes.
 pub(super) struct Wal {
     file: Arc<File>,
@@ -367,6 +373,11 @@ impl Wal {
         self.offset = end;
         self.lsn = lsn;
         Ok(())
+    }
+
+    /// Syncs the frames written so far.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        sync(&self.file)
     }
 
     /// Zero-fills the file up to `size` and syncs it, so that later frames
