@@ -16,7 +16,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::records::{corrupted, u64_at};
 use crate::store::StoreError;
@@ -270,15 +269,9 @@ fn frames(data: &[u8], generation: u64, after: u64) -> Vec<&[u8]> {
     out
 }
 
-/// Syncs the log `file`: every frame written to it is durable once this returns.
-pub(super) fn sync(file: &File) -> Result<(), StoreError> {
-    file.sync_data()
-        .map_err(|e| StoreError::Unavailable(format!("syncing the write-ahead log: {e}")))
-}
-
 /// The log file and where the next frame goes.
 pub(super) struct Wal {
-    file: Arc<File>,
+    file: File,
     generation: u64,
     /// Sequence number of the last frame written.
     lsn: u64,
@@ -310,7 +303,7 @@ impl Wal {
             .map(<[u8]>::to_vec)
             .collect();
         let mut wal = Wal {
-            file: Arc::new(file),
+            file,
             generation,
             lsn,
             offset: 0,
@@ -321,11 +314,6 @@ impl Wal {
             wal.grow(INITIAL_SIZE).map_err(io)?;
         }
         Ok((wal, replay))
-    }
-
-    /// The file, for the thread that syncs it.
-    pub fn file(&self) -> Arc<File> {
-        self.file.clone()
     }
 
     /// Sequence number of the last frame written.
@@ -350,8 +338,8 @@ impl Wal {
         self.offset = 0;
     }
 
-    /// Writes one frame holding `payload` (not synced: the syncer does that).
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Writes one frame holding `payload`, not synced (see [`Wal::sync`]).
+    fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         let lsn = self.lsn + 1;
         self.frame.clear();
         self.frame.extend_from_slice(&MAGIC.to_be_bytes());
@@ -375,9 +363,17 @@ impl Wal {
         Ok(())
     }
 
-    /// Syncs the frames written so far.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        sync(&self.file)
+    /// Appends one frame holding `payload` and, when `durable`, syncs the log:
+    /// the frame and every earlier one are on disk once this returns.
+    pub fn log(&mut self, payload: &[u8], durable: bool) -> Result<(), StoreError> {
+        self.append(payload)
+            .map_err(|e| StoreError::Unavailable(format!("writing the write-ahead log: {e}")))?;
+        if durable {
+            self.file.sync_data().map_err(|e| {
+                StoreError::Unavailable(format!("syncing the write-ahead log: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Zero-fills the file up to `size` and syncs it, so that later frames
