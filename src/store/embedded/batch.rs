@@ -64,6 +64,10 @@ pub(super) struct Batch<'t> {
     /// The queues the current batch moved a message from to its dead-letter
     /// queue, once per message.
     pub dead_lettered: Vec<String>,
+    /// For each queue (by id) the current batch gave new messages, its last
+    /// message number before the batch: the messages above it are durable only
+    /// once the batch is.
+    fresh: HashMap<u64, u64>,
 }
 
 impl<'t> Batch<'t> {
@@ -83,6 +87,7 @@ impl<'t> Batch<'t> {
             now: 0,
             scratch: Vec::new(),
             dead_lettered: Vec::new(),
+            fresh: HashMap::new(),
         })
     }
 
@@ -91,7 +96,27 @@ impl<'t> Batch<'t> {
         self.touched.clear();
         self.log.clear();
         self.dead_lettered.clear();
+        self.fresh.clear();
         self.now = now;
+    }
+
+    /// Whether `messages` of `queue` were all there before the current batch,
+    /// so that handing them out need not wait for the batch to be durable.
+    pub fn settled(&self, queue: &str, messages: &[Message]) -> bool {
+        let before = self
+            .meta
+            .queues
+            .get(queue)
+            .and_then(|meta| self.fresh.get(&meta.id));
+        before.is_none_or(|&before| messages.iter().all(|m| m.id <= before))
+    }
+
+    /// Notes that message `id` of queue `qid` is new if it is above `last_id`,
+    /// the queue's last number before it.
+    fn note_fresh(&mut self, qid: u64, last_id: u64, id: u64) {
+        if id > last_id {
+            self.fresh.entry(qid).or_insert(last_id);
+        }
     }
 
     /// The metadata of a queue as of the changes applied so far.
@@ -152,13 +177,15 @@ impl<'t> Batch<'t> {
         expires_at: u64,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let qid = self.touch(queue, |meta| {
-            meta.info.last_id = meta.info.last_id.max(id);
+        let (qid, last_id) = self.touch(queue, |meta| {
+            let last_id = meta.info.last_id;
+            meta.info.last_id = last_id.max(id);
             meta.info.len += 1;
             // A queue starts on its first message, unless it was stopped beforehand.
             meta.info.status.get_or_insert(Status::Started);
-            meta.id
+            (meta.id, last_id)
         });
+        self.note_fresh(qid, last_id, id);
         encode_message(&mut self.scratch, expires_at, value);
         self.messages
             .insert((qid, id), self.scratch.as_slice())
@@ -288,15 +315,17 @@ impl<'t> Batch<'t> {
     /// Hides message `id` as `record` says, replacing any record it had.
     fn hold(&mut self, queue: &str, id: u64, record: &Held) -> Result<(), StoreError> {
         self.unhold_quietly(queue, id)?;
-        let qid = self.touch(queue, |meta| {
-            meta.info.last_id = meta.info.last_id.max(id);
+        let (qid, last_id) = self.touch(queue, |meta| {
+            let last_id = meta.info.last_id;
+            meta.info.last_id = last_id.max(id);
             meta.info.status.get_or_insert(Status::Started);
             match record.state {
                 HeldState::InFlight => meta.info.inflight += 1,
                 HeldState::Delayed => meta.info.delayed += 1,
             }
-            meta.id
+            (meta.id, last_id)
         });
+        self.note_fresh(qid, last_id, id);
         let mut encoded = Vec::with_capacity(record.value.len() + 32);
         record.encode(&mut encoded);
         self.held
@@ -833,5 +862,83 @@ impl<'t> Batch<'t> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{Database, Durability};
+
+    use super::*;
+    use crate::store::embedded::records::QueueMeta;
+
+    fn message(value: &str, delay: Option<u64>) -> NewMessage {
+        NewMessage {
+            value: value.to_owned(),
+            ttl: None,
+            delay,
+        }
+    }
+
+    #[test]
+    fn only_messages_of_an_earlier_batch_are_settled() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let db = Database::create(dir.path().join("t.redb")).expect("a database");
+        let mut txn = db.begin_write().expect("a transaction");
+        txn.set_durability(Durability::None).expect("no fsync");
+        let mut meta = Meta {
+            queues: HashMap::<String, QueueMeta>::new(),
+            next_id: 1,
+            configs: HashMap::new(),
+        };
+        let mut batch = Batch::open(&txn, &mut meta).expect("the tables");
+        batch.begin(1_000);
+        batch
+            .publish("q", &[message("a", None), message("b", None)])
+            .expect("published");
+        let first = batch.pop("q").expect("popped").expect("a message");
+        assert!(
+            !batch.settled("q", std::slice::from_ref(&first)),
+            "a message published in the same batch is not durable yet"
+        );
+
+        batch.begin(2_000);
+        batch
+            .publish("q", &[message("c", None)])
+            .expect("published");
+        batch
+            .publish("q", &[message("later", Some(60))])
+            .expect("published delayed");
+        batch
+            .publish("other", &[message("x", None)])
+            .expect("published");
+        batch
+            .publish("delayed", &[message("d", Some(60))])
+            .expect("published delayed");
+        let held = Message {
+            id: 1,
+            value: "d".into(),
+            expires_at: 0,
+        };
+        assert!(
+            !batch.settled("delayed", std::slice::from_ref(&held)),
+            "a delayed message is new too"
+        );
+        let taken = batch.pop_many("q", 2).expect("popped");
+        let values: Vec<&str> = taken.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(values, ["b", "c"]);
+        assert!(batch.settled("q", &taken[..1]), "b came in the first batch");
+        assert!(!batch.settled("q", &taken), "c came in this one");
+        assert!(
+            batch.settled("empty", &[]),
+            "a queue the batch never touched"
+        );
+
+        batch.begin(3_000);
+        let rest = batch.pop_many("q", 10).expect("popped");
+        assert!(rest.is_empty(), "the delayed message is not due yet");
+        assert!(batch.settled("q", &taken), "every batch before is settled");
+        let other = batch.pop("other").expect("popped").expect("x");
+        assert!(batch.settled("other", &[other]));
     }
 }

@@ -13,11 +13,12 @@
 //! cost two thread wake-ups per batch, which measured slower for small messages
 //! and large ones alike (see the README's Benchmark section).
 //!
-//! Jobs are answered in the order they were applied, each only after every earlier
-//! batch is synced, so nothing can be delivered before it is durable. Changes that
-//! need no durability of their own (a pop, a peek) are logged too but do not wait
-//! for a sync of their own: a crash can bring back a message popped in the last
-//! moments, never lose a published one.
+//! A job is answered only after every earlier batch is synced, so nothing can be
+//! delivered before it is durable. Changes that need no durability of their own
+//! (a pop, a peek) are logged too but do not wait for a sync of their own: a crash
+//! can bring back a message popped in the last moments, never lose a published
+//! one. A pop that took only messages of earlier batches does not wait for its
+//! own batch's sync either (see [`answer_settled`]).
 //!
 //! Since the log makes batches durable, redb's own commits need not follow them:
 //! one redb transaction stays open across many batches and is committed (without
@@ -492,6 +493,11 @@ trait Work: Send {
     }
     /// Gives a pop taken with others in a run its messages.
     fn popped(&mut self, _messages: Vec<Message>) {}
+    /// Whether its answer must wait until `batch`, which applied it, is synced.
+    /// Only a pop that took messages already durable need not.
+    fn waits_for(&self, _batch: &Batch<'_>) -> bool {
+        true
+    }
 }
 
 /// A pop: its own job type, so that the writer can tell pops apart and take a
@@ -528,6 +534,13 @@ impl Work for PopJob {
 
     fn popped(&mut self, messages: Vec<Message>) {
         self.out = Some(Ok(messages));
+    }
+
+    fn waits_for(&self, batch: &Batch<'_>) -> bool {
+        match &self.out {
+            Some(Ok(messages)) => !batch.settled(&self.queue, messages),
+            Some(Err(_)) | None => true,
+        }
     }
 }
 
@@ -671,6 +684,19 @@ fn receive(rx: &mut mpsc::Receiver<Msg>) -> (Vec<Box<dyn Work>>, Option<Stop>) {
     }
 }
 
+/// Answers the jobs of `batch` that need not wait for its sync (pops of messages
+/// already durable) and returns the others. The batch is in the log already,
+/// which survives a crash of restmq; so the pops stay taken after one, and
+/// consumers do not wait for the sync of other clients' publishes.
+fn answer_settled(jobs: Vec<Box<dyn Work>>, batch: &Batch<'_>) -> Vec<Box<dyn Work>> {
+    if jobs.iter().all(|job| job.waits_for(batch)) {
+        return jobs;
+    }
+    let (settled, waiting) = jobs.into_iter().partition(|job| !job.waits_for(batch));
+    answer_all(settled, &Ok(()));
+    waiting
+}
+
 /// Answers applied jobs, in order, with the outcome of their batch.
 fn answer_all(jobs: Vec<Box<dyn Work>>, outcome: &Result<(), StoreError>) {
     for job in jobs {
@@ -758,7 +784,13 @@ impl Writer {
                 }
                 if !batch.log.is_empty() {
                     let durable = self.fsync && jobs.iter().any(|job| job.durable());
-                    if let Err(e) = self.wal.log(&batch.log, durable) {
+                    let written = self.wal.append(&batch.log);
+                    if written.is_ok() && durable {
+                        jobs = answer_settled(jobs, &batch);
+                    }
+                    let synced =
+                        written.and_then(|()| if durable { self.wal.sync() } else { Ok(()) });
+                    if let Err(e) = synced {
                         // Applied but maybe not durable: refuse everything from
                         // now on rather than answer for changes that may vanish.
                         answer_all(jobs, &Err(e.clone()));

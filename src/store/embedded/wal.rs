@@ -339,7 +339,12 @@ impl Wal {
     }
 
     /// Writes one frame holding `payload`, not synced (see [`Wal::sync`]).
-    fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), StoreError> {
+        self.write_frame(payload)
+            .map_err(|e| StoreError::Unavailable(format!("writing the write-ahead log: {e}")))
+    }
+
+    fn write_frame(&mut self, payload: &[u8]) -> io::Result<()> {
         let lsn = self.lsn + 1;
         self.frame.clear();
         self.frame.extend_from_slice(&MAGIC.to_be_bytes());
@@ -363,17 +368,11 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends one frame holding `payload` and, when `durable`, syncs the log:
-    /// the frame and every earlier one are on disk once this returns.
-    pub fn log(&mut self, payload: &[u8], durable: bool) -> Result<(), StoreError> {
-        self.append(payload)
-            .map_err(|e| StoreError::Unavailable(format!("writing the write-ahead log: {e}")))?;
-        if durable {
-            self.file.sync_data().map_err(|e| {
-                StoreError::Unavailable(format!("syncing the write-ahead log: {e}"))
-            })?;
-        }
-        Ok(())
+    /// Syncs the log: every frame written is on disk once this returns.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::Unavailable(format!("syncing the write-ahead log: {e}")))
     }
 
     /// Zero-fills the file up to `size` and syncs it, so that later frames
