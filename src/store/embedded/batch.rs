@@ -100,15 +100,16 @@ impl<'t> Batch<'t> {
         self.now = now;
     }
 
-    /// Whether `messages` of `queue` were all there before the current batch,
-    /// so that handing them out need not wait for the batch to be durable.
-    pub fn settled(&self, queue: &str, messages: &[Message]) -> bool {
+    /// Whether the messages of `queue` numbered `ids` were all there before the
+    /// current batch, so that handing them out need not wait for the batch to
+    /// be durable.
+    pub fn settled(&self, queue: &str, ids: impl IntoIterator<Item = u64>) -> bool {
         let before = self
             .meta
             .queues
             .get(queue)
             .and_then(|meta| self.fresh.get(&meta.id));
-        before.is_none_or(|&before| messages.iter().all(|m| m.id <= before))
+        before.is_none_or(|&before| ids.into_iter().all(|id| id <= before))
     }
 
     /// Notes that message `id` of queue `qid` is new if it is above `last_id`,
@@ -880,6 +881,10 @@ mod tests {
         }
     }
 
+    fn ids(messages: &[Message]) -> impl Iterator<Item = u64> + '_ {
+        messages.iter().map(|m| m.id)
+    }
+
     #[test]
     fn only_messages_of_an_earlier_batch_are_settled() {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -898,7 +903,7 @@ mod tests {
             .expect("published");
         let first = batch.pop("q").expect("popped").expect("a message");
         assert!(
-            !batch.settled("q", std::slice::from_ref(&first)),
+            !batch.settled("q", [first.id]),
             "a message published in the same batch is not durable yet"
         );
 
@@ -921,24 +926,30 @@ mod tests {
             expires_at: 0,
         };
         assert!(
-            !batch.settled("delayed", std::slice::from_ref(&held)),
+            !batch.settled("delayed", [held.id]),
             "a delayed message is new too"
         );
         let taken = batch.pop_many("q", 2).expect("popped");
         let values: Vec<&str> = taken.iter().map(|m| m.value.as_str()).collect();
         assert_eq!(values, ["b", "c"]);
-        assert!(batch.settled("q", &taken[..1]), "b came in the first batch");
-        assert!(!batch.settled("q", &taken), "c came in this one");
         assert!(
-            batch.settled("empty", &[]),
+            batch.settled("q", [taken[0].id]),
+            "b came in the first batch"
+        );
+        assert!(!batch.settled("q", ids(&taken)), "c came in this one");
+        assert!(
+            batch.settled("empty", []),
             "a queue the batch never touched"
         );
 
         batch.begin(3_000);
         let rest = batch.pop_many("q", 10).expect("popped");
         assert!(rest.is_empty(), "the delayed message is not due yet");
-        assert!(batch.settled("q", &taken), "every batch before is settled");
+        assert!(
+            batch.settled("q", ids(&taken)),
+            "every batch before is settled"
+        );
         let other = batch.pop("other").expect("popped").expect("x");
-        assert!(batch.settled("other", &[other]));
+        assert!(batch.settled("other", [other.id]));
     }
 }

@@ -244,11 +244,30 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: for<'b, 't> FnOnce(&'b mut Batch<'t>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_settled(durable, weight, f, |_: &T, _: &Batch<'_>| false)
+    }
+
+    /// As [`EmbeddedStore::submit`], for a job that is not durable and whose
+    /// answer need not wait for its own batch's sync when `settled` says so of
+    /// what it returns (see [`Work::waits_for`]).
+    fn submit_settled<'a, T, F, S>(
+        &'a self,
+        durable: bool,
+        weight: usize,
+        f: F,
+        settled: S,
+    ) -> StoreFuture<'a, T>
+    where
+        T: Send + 'static,
+        F: for<'b, 't> FnOnce(&'b mut Batch<'t>) -> Result<T, StoreError> + Send + 'static,
+        S: Fn(&T, &Batch<'_>) -> bool + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let task = Task {
             durable,
             weight,
             f: Some(f),
+            settled,
             out: None,
             tx,
         };
@@ -327,7 +346,15 @@ impl Store for EmbeddedStore {
             return Box::pin(async { Ok(Vec::new()) });
         }
         let queue = queue.to_owned();
-        self.submit(false, 0, move |b| b.receive(&queue, max, visibility_ms))
+        let name = queue.clone();
+        self.submit_settled(
+            false,
+            0,
+            move |b| b.receive(&queue, max, visibility_ms),
+            move |received: &Vec<Received>, b: &Batch<'_>| {
+                b.settled(&name, received.iter().map(|r| r.message.id))
+            },
+        )
     }
 
     fn ack<'a>(
@@ -494,7 +521,7 @@ trait Work: Send {
     /// Gives a pop taken with others in a run its messages.
     fn popped(&mut self, _messages: Vec<Message>) {}
     /// Whether its answer must wait until `batch`, which applied it, is synced.
-    /// Only a pop that took messages already durable need not.
+    /// Only a pop or receive that took messages already durable need not.
     fn waits_for(&self, _batch: &Batch<'_>) -> bool {
         true
     }
@@ -538,7 +565,7 @@ impl Work for PopJob {
 
     fn waits_for(&self, batch: &Batch<'_>) -> bool {
         match &self.out {
-            Some(Ok(messages)) => !batch.settled(&self.queue, messages),
+            Some(Ok(messages)) => !batch.settled(&self.queue, messages.iter().map(|m| m.id)),
             Some(Err(_)) | None => true,
         }
     }
@@ -592,18 +619,21 @@ fn answer<T>(
     }
 }
 
-struct Task<T, F> {
+struct Task<T, F, S> {
     durable: bool,
     weight: usize,
     f: Option<F>,
+    /// Whether what it returned was all there before its batch.
+    settled: S,
     out: Option<Result<T, StoreError>>,
     tx: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T, F> Work for Task<T, F>
+impl<T, F, S> Work for Task<T, F, S>
 where
     T: Send + 'static,
     F: for<'b, 't> FnOnce(&'b mut Batch<'t>) -> Result<T, StoreError> + Send + 'static,
+    S: Fn(&T, &Batch<'_>) -> bool + Send + 'static,
 {
     fn durable(&self) -> bool {
         self.durable
@@ -634,6 +664,13 @@ where
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
         // The caller may have gone away (a closed connection); nothing to tell then.
         let _ = self.tx.send(answer(outcome, self.out));
+    }
+
+    fn waits_for(&self, batch: &Batch<'_>) -> bool {
+        match &self.out {
+            Some(Ok(out)) => !(self.settled)(out, batch),
+            Some(Err(_)) | None => true,
+        }
     }
 }
 
@@ -684,8 +721,8 @@ fn receive(rx: &mut mpsc::Receiver<Msg>) -> (Vec<Box<dyn Work>>, Option<Stop>) {
     }
 }
 
-/// Answers the jobs of `batch` that need not wait for its sync (pops of messages
-/// already durable) and returns the others. The batch is in the log already,
+/// Answers the jobs of `batch` that need not wait for its sync (pops and
+/// receives of messages already durable) and returns the others. The batch is in the log already,
 /// which survives a crash of restmq; so the pops stay taken after one, and
 /// consumers do not wait for the sync of other clients' publishes.
 fn answer_settled(jobs: Vec<Box<dyn Work>>, batch: &Batch<'_>) -> Vec<Box<dyn Work>> {
