@@ -17,8 +17,8 @@
 //! delivered before it is durable. Changes that need no durability of their own
 //! (a pop, a peek) are logged too but do not wait for a sync of their own: a crash
 //! can bring back a message popped in the last moments, never lose a published
-//! one. A pop that took only messages of earlier batches does not wait for its
-//! own batch's sync either (see [`answer_settled`]).
+//! one. A pop or receive that took only messages of earlier batches does not
+//! wait for its own batch's sync either (see [`answer_settled`]).
 //!
 //! Since the log makes batches durable, redb's own commits need not follow them:
 //! one redb transaction stays open across many batches and is committed (without
