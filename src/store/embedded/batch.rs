@@ -908,25 +908,18 @@ mod tests {
         );
 
         batch.begin(2_000);
-        batch
-            .publish("q", &[message("c", None)])
-            .expect("published");
-        batch
-            .publish("q", &[message("later", Some(60))])
-            .expect("published delayed");
-        batch
-            .publish("other", &[message("x", None)])
-            .expect("published");
-        batch
-            .publish("delayed", &[message("d", Some(60))])
-            .expect("published delayed");
-        let held = Message {
-            id: 1,
-            value: "d".into(),
-            expires_at: 0,
-        };
+        for (queue, value, delay) in [
+            ("q", "c", None),
+            ("q", "later", Some(60)),
+            ("other", "x", None),
+            ("delayed", "d", Some(60)),
+        ] {
+            batch
+                .publish(queue, &[message(value, delay)])
+                .expect("published");
+        }
         assert!(
-            !batch.settled("delayed", [held.id]),
+            !batch.settled("delayed", [1]),
             "a delayed message is new too"
         );
         let taken = batch.pop_many("q", 2).expect("popped");
