@@ -34,7 +34,7 @@ impl QueueName {
 
     /// The key of message `id` of this queue: `<queue>:<id>`.
     pub fn key(&self, id: u64) -> String {
-        format!("{}:{id}", self.0)
+        crate::store::message_key(&self.0, id)
     }
 
     /// The message number in `key` when the key belongs to this queue.

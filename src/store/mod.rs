@@ -438,6 +438,18 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// The key of message `id` of a queue whose keys start with `prefix`:
+/// `<prefix>:<id>`. Sized once, as a key is named for every message answered.
+pub fn message_key(prefix: &str, id: u64) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(prefix.len() + 21);
+    key.push_str(prefix);
+    key.push(':');
+    // Writing to a String cannot fail.
+    let _ = write!(key, "{id}");
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,22 +33,25 @@ impl Naming {
     pub fn keys(self, queue: &str) -> QueueKeys {
         let prefix = match self {
             Naming::Legacy => queue.to_owned(),
-            Naming::Tagged => format!("{{{queue}}}"),
+            Naming::Tagged => ["{", queue, "}"].concat(),
         };
+        // `concat` sizes each name exactly: a queue's keys are named on every
+        // round of requests, and `format!` cost several times as much.
+        let key = |suffix: &str| [prefix.as_str(), suffix].concat();
         QueueKeys {
-            counter: format!("{prefix}:UUID"),
-            list: format!("{prefix}:queue"),
-            status: format!("queuestat::{prefix}"),
-            policy: format!("{prefix}:queuepolicy"),
+            counter: key(":UUID"),
+            list: key(":queue"),
+            status: ["queuestat::", prefix.as_str()].concat(),
+            policy: key(":queuepolicy"),
             eight: [
-                format!("{prefix}:queue"),
-                format!("{prefix}:ready"),
-                format!("{prefix}:inflight"),
-                format!("{prefix}:delayed"),
-                format!("{prefix}:deliveries"),
-                format!("{prefix}:dying"),
-                format!("{prefix}:config"),
-                format!("{prefix}:expires"),
+                key(":queue"),
+                key(":ready"),
+                key(":inflight"),
+                key(":delayed"),
+                key(":deliveries"),
+                key(":dying"),
+                key(":config"),
+                key(":expires"),
             ],
             prefix,
         }
@@ -83,7 +86,7 @@ impl QueueKeys {
 
     /// The key of message `id`.
     pub fn message(&self, id: u64) -> String {
-        format!("{}:{id}", self.prefix)
+        crate::store::message_key(&self.prefix, id)
     }
 
     /// The number in a message key of this queue.
