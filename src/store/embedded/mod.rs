@@ -247,9 +247,9 @@ impl EmbeddedStore {
         self.submit_settled(durable, weight, f, |_: &T, _: &Batch<'_>| false)
     }
 
-    /// As [`EmbeddedStore::submit`], for a job that is not durable and whose
-    /// answer need not wait for its own batch's sync when `settled` says so of
-    /// what it returns (see [`Work::waits_for`]).
+    /// As [`EmbeddedStore::submit`], with `settled` telling whether what the
+    /// job returned was all there before its batch: then its answer need not
+    /// wait for that batch's sync (see [`Work::waits_for`]).
     fn submit_settled<'a, T, F, S>(
         &'a self,
         durable: bool,
@@ -722,9 +722,10 @@ fn receive(rx: &mut mpsc::Receiver<Msg>) -> (Vec<Box<dyn Work>>, Option<Stop>) {
 }
 
 /// Answers the jobs of `batch` that need not wait for its sync (pops and
-/// receives of messages already durable) and returns the others. The batch is in the log already,
-/// which survives a crash of restmq; so the pops stay taken after one, and
-/// consumers do not wait for the sync of other clients' publishes.
+/// receives of messages already durable) and returns the others. The batch is
+/// in the log already, which survives a crash of restmq, so what they took
+/// stays taken after one; and consumers do not wait for the sync of other
+/// clients' publishes.
 fn answer_settled(jobs: Vec<Box<dyn Work>>, batch: &Batch<'_>) -> Vec<Box<dyn Work>> {
     if jobs.iter().all(|job| job.waits_for(batch)) {
         return jobs;
