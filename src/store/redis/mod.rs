@@ -249,7 +249,7 @@ impl RedisStore {
                 let (store, name) = (store.clone(), name.clone());
                 async move {
                     let wanted = asks.iter().sum();
-                    let taken = store.take(&name, wanted, &scripts::POP, 3, &[]).await;
+                    let taken = store.take(&name, wanted, &scripts::POP, &[]).await;
                     combine::shares(
                         &asks,
                         taken.map(|t| t.into_iter().map(|(m, _)| m).collect()),
@@ -382,6 +382,50 @@ fn parse_messages(
             },
             numbers,
         ));
+    }
+    Ok(out)
+}
+
+/// Bytes of the header a taking script packs before each message.
+const PACKED_HEADER: usize = 24;
+
+/// Parses the messages a taking script packed into one string (see the
+/// scripts' `pack`): for each, its key's and value's lengths (little-endian
+/// u32), its expiry (ms, 0: none) and receive count (little-endian doubles),
+/// then the key and the value. Each comes with its expiry and receive count.
+fn parse_packed(keys: &QueueKeys, rest: &[Value]) -> Result<Vec<(Message, Vec<i64>)>, StoreError> {
+    let bad = || StoreError::Corrupted("unexpected answer from a Redis script".into());
+    let mut packed: &[u8] = match rest {
+        [Value::BulkString(packed)] => packed,
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        let (header, body) = packed.split_at_checked(PACKED_HEADER).ok_or_else(bad)?;
+        let u32_at = |at: usize| header[at..at + 4].try_into().map(u32::from_le_bytes);
+        let f64_at = |at: usize| header[at..at + 8].try_into().map(f64::from_le_bytes);
+        let (Ok(key_len), Ok(value_len), Ok(expiry), Ok(count)) =
+            (u32_at(0), u32_at(4), f64_at(8), f64_at(16))
+        else {
+            return Err(bad());
+        };
+        let (key_len, value_len) = (key_len as usize, value_len as usize);
+        let (key, body) = body.split_at_checked(key_len).ok_or_else(bad)?;
+        let (value, body) = body.split_at_checked(value_len).ok_or_else(bad)?;
+        let id = keys
+            .id_of(key)
+            .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
+        // Whole numbers well within a double's exact range.
+        let (expiry, count) = (expiry as i64, count as i64);
+        out.push((
+            Message {
+                id,
+                value: String::from_utf8_lossy(value).into_owned(),
+                expires_at: u64::try_from(expiry).unwrap_or(0),
+            },
+            vec![expiry, count],
+        ));
+        packed = body;
     }
     Ok(out)
 }
@@ -755,7 +799,6 @@ impl Shared {
         queue: &str,
         max: usize,
         script: &redis::Script,
-        per: usize,
         extra: &[u64],
     ) -> Result<Vec<(Message, Vec<i64>)>, StoreError> {
         let keys = self.keys(queue);
@@ -775,7 +818,7 @@ impl Shared {
             if counts[0] > 0 {
                 self.bury(queue, &keys, &mut place.conn).await?;
             }
-            out.extend(parse_messages(&keys, rest, per)?);
+            out.extend(parse_packed(&keys, rest)?);
             if let (Some(holder), 0) = (place.holder, counts[1]) {
                 self.drained(queue, holder);
             }
@@ -881,17 +924,22 @@ impl Shared {
                 .arg(message.ttl.unwrap_or(0))
                 .arg(delay);
         }
-        let ids: Vec<i64> = invocation
+        let answer: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        if let [-1, max_len] = ids[..] {
-            return Err(StoreError::Full(u64::try_from(max_len).unwrap_or(0)));
-        }
-        let ids: Vec<u64> = ids
-            .into_iter()
-            .filter_map(|id| u64::try_from(id).ok())
-            .collect();
+        let ids: Vec<u64> = match answer[..] {
+            [-1, max_len] => return Err(StoreError::Full(u64::try_from(max_len).unwrap_or(0))),
+            [first, count] if first > 0 && usize::try_from(count) == Ok(messages.len()) => {
+                let first = first.unsigned_abs();
+                (first..first + count.unsigned_abs()).collect()
+            }
+            _ => {
+                return Err(StoreError::Corrupted(
+                    "unexpected answer from the publish script".into(),
+                ));
+            }
+        };
         // On a cluster QUEUESET lives in another slot than the queue's keys.
         if cluster && ids.first() == Some(&1) {
             redis::cmd("SADD")
@@ -1088,7 +1136,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Vec<Received>> {
         Box::pin(async move {
             let taken = self
-                .take(queue, max.max(1), &scripts::RECEIVE, 4, &[visibility_ms])
+                .take(queue, max.max(1), &scripts::RECEIVE, &[visibility_ms])
                 .await?;
             Ok(taken
                 .into_iter()
@@ -1492,5 +1540,73 @@ impl Store for RedisStore {
                 .await
                 .map_err(redis_error)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as the taking scripts' `pack` writes it.
+    fn packed(key: &[u8], value: &[u8], expiry: f64, count: f64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for length in [key.len(), value.len()] {
+            out.extend(u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        out.extend(expiry.to_le_bytes());
+        out.extend(count.to_le_bytes());
+        out.extend(key);
+        out.extend(value);
+        out
+    }
+
+    #[test]
+    fn packed_messages_parse_and_damaged_answers_are_refused() {
+        let keys = Naming::Legacy.keys("jobs");
+        let mut answer = packed(b"jobs:7", b"first", 1_795_838_252_000.0, 0.0);
+        answer.extend(packed(b"jobs:8", "é\n\0".as_bytes(), 0.0, 3.0));
+        let parsed = parse_packed(&keys, &[Value::BulkString(answer.clone())]);
+        let Ok(parsed) = parsed else {
+            panic!("a well-formed answer was refused: {parsed:?}");
+        };
+        assert_eq!(
+            parsed,
+            vec![
+                (
+                    Message {
+                        id: 7,
+                        value: "first".into(),
+                        expires_at: 1_795_838_252_000,
+                    },
+                    vec![1_795_838_252_000, 0],
+                ),
+                (
+                    Message {
+                        id: 8,
+                        value: "é\n\0".into(),
+                        expires_at: 0,
+                    },
+                    vec![0, 3],
+                ),
+            ]
+        );
+        assert!(matches!(
+            parse_packed(&keys, &[Value::BulkString(Vec::new())]),
+            Ok(none) if none.is_empty()
+        ));
+        for damaged in [
+            answer[..answer.len() - 1].to_vec(),
+            answer[..PACKED_HEADER - 1].to_vec(),
+            packed(b"other:7", b"x", 0.0, 0.0),
+        ] {
+            assert!(matches!(
+                parse_packed(&keys, &[Value::BulkString(damaged)]),
+                Err(StoreError::Corrupted(_))
+            ));
+        }
+        assert!(matches!(
+            parse_packed(&keys, &[Value::Int(1)]),
+            Err(StoreError::Corrupted(_))
+        ));
     }
 }

@@ -34,6 +34,16 @@ local function id_of(key)
   return tonumber(string.match(key, ':(%d+)$'))
 end
 
+-- A key's number as the field of the hashes keyed by number: the key's own
+-- digits, which need no formatting (a number passed to redis.call is written
+-- out with sprintf, one of a script's dearest steps), unless they have a
+-- leading zero.
+local function field_of(key)
+  local digits = string.match(key, ':(%d+)$')
+  if digits and string.byte(digits, 1) == 48 then return tostring(tonumber(digits)) end
+  return digits
+end
+
 -- When a message expires (ms; 0: never): restmq's record, else the key's own
 -- expiry (a message the original wrote).
 local function expires_of(key, now)
@@ -119,15 +129,16 @@ end
 local function take_many(n)
   local ready = redis.call('ZRANGE', READY, 0, n - 1)
   local list = redis.call('LRANGE', LIST, -n, -1)
-  local out, r, l = {}, 1, #list
-  while #out < n do
+  local out, count, r, l = {}, 0, 1, #list
+  while count < n do
     local a, b = ready[r], list[l]
     if not a and not b then break end
+    count = count + 1
     if a and (not b or id_of(a) < id_of(b)) then
-      out[#out + 1] = a
+      out[count] = a
       r = r + 1
     else
-      out[#out + 1] = b
+      out[count] = b
       l = l - 1
     end
   end
@@ -137,11 +148,11 @@ local function take_many(n)
 end
 
 -- Reads keys just taken, as alive() and expires_of() do one key: their
--- numbers, values, and expiries (ms, 0: none; false for a key gone or
--- expired, which the caller forgets).
+-- numbers (as hash fields), values, and expiries (ms, 0: none; false for a
+-- key gone or expired, which the caller forgets).
 local function read_taken(keys, now)
   local ids = {}
-  for i, key in ipairs(keys) do ids[i] = id_of(key) end
+  for i, key in ipairs(keys) do ids[i] = field_of(key) end
   local values = redis.call('MGET', unpack(keys))
   local recorded = redis.call('HMGET', EXPIRES, unpack(ids))
   local expiries = {}
@@ -163,13 +174,27 @@ end
 -- forget() for many keys at once; ids are the keys' numbers.
 local function forget_all(keys, ids)
   local doomed = {}
-  for _, key in ipairs(keys) do
-    doomed[#doomed + 1] = key
-    doomed[#doomed + 1] = key .. ':refcount'
+  for i, key in ipairs(keys) do
+    doomed[2 * i - 1] = key
+    doomed[2 * i] = key .. ':refcount'
   end
   bulk('DEL', nil, doomed)
   bulk('HDEL', DELIVERIES, ids)
   bulk('HDEL', EXPIRES, ids)
+end
+
+-- Adds a taken message to the answer of the scripts that take many, after
+-- the n parts there: a header of its key's and value's lengths (two
+-- little-endian u32) and its expiry (ms, 0: none) and receive count (0 for a
+-- pop; two little-endian doubles), then the key and the value. The answer is
+-- one string however many messages it holds: restmq's client spends more
+-- parsing each element of an array than Redis spends on the whole script, and
+-- a binary header needs no number formatting. Returns the parts now there.
+local function pack(taken, n, key, value, expiry, count)
+  taken[n + 1] = struct.pack('<I4I4dd', #key, #value, expiry, count or 0)
+  taken[n + 2] = key
+  taken[n + 3] = value
+  return n + 3
 end
 
 -- Messages of the queue left anywhere (0: nothing more to find here).
@@ -193,7 +218,8 @@ fn script(body: &str) -> Script {
 /// Appends messages. KEYS: the eight, then counter, status. ARGV: prefix,
 /// queue name, `1` to add the queue to QUEUESET here, channel to notify (or
 /// empty), now, then value, ttl (s, 0: none) and delay (ms, 0: none) per
-/// message. Returns the numbers, or `{-1, max_len}` when the queue is full.
+/// message. Returns the first number and how many (a call's numbers follow
+/// each other), or `{-1, max_len}` when the queue is full.
 /// The status is set to started unless already set; the queue's retention
 /// bounds every ttl.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
@@ -211,7 +237,7 @@ local keep = math.min(tonumber(redis.call('HGET', CONFIG, 'retention') or '0'), 
 -- one call: a few calls for a whole batch, not three a message.
 local n = 0
 if count > 0 then n = redis.call('INCRBY', KEYS[9], count) - count end
-local ids, plain, expiries, delayed, listed = {}, {}, {}, {}, {}
+local plain, expiries, delayed, listed = {}, {}, {}, {}
 for i = 6, #ARGV, 3 do
   n = n + 1
   local key = ARGV[1] .. ':' .. n
@@ -232,7 +258,6 @@ for i = 6, #ARGV, 3 do
   else
     listed[#listed + 1] = key
   end
-  ids[#ids + 1] = n
 end
 bulk('MSET', nil, plain)
 bulk('HSET', EXPIRES, expiries)
@@ -245,20 +270,21 @@ end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], ARGV[2])
 end
-return ids
+return {n - count + 1, count}
 ",
     )
 });
 
 /// Takes up to ARGV[1] messages from the head. ARGV: max, now. Returns
-/// messages waiting to be dead-lettered, messages left, then key, value and
-/// expiry (ms, 0: none) per message.
+/// messages waiting to be dead-lettered, messages left, then one string of the
+/// messages, each packed with its expiry (ms, 0: none) as `pack` does (see
+/// `parse_packed`).
 pub static POP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local now = tonumber(ARGV[2])
 settle(now)
-local out = {0, 0}
+local taken, n = {}, 0
 local wanted = tonumber(ARGV[1])
 local got = 0
 while got < wanted do
@@ -267,32 +293,30 @@ while got < wanted do
   local ids, values, expiries = read_taken(keys, now)
   for i, key in ipairs(keys) do
     if expiries[i] then
-      out[#out + 1] = key
-      out[#out + 1] = values[i]
-      out[#out + 1] = expiries[i]
       got = got + 1
+      n = pack(taken, n, key, values[i], expiries[i])
     end
   end
   forget_all(keys, ids)
 end
-out[1] = redis.call('LLEN', DYING)
-out[2] = remaining()
-return out
+return {redis.call('LLEN', DYING), remaining(), table.concat(taken)}
 ",
     )
 });
 
 /// Receives up to ARGV[1] messages, hiding each. ARGV: max, now, visibility
-/// (ms). Returns messages waiting to be dead-lettered, messages left, then key,
-/// value, expiry (ms, 0: none) and delivery count per message.
+/// (ms). Returns messages waiting to be dead-lettered, messages left, then one
+/// string of the messages, each packed with its expiry (ms, 0: none) and
+/// delivery count as `pack` does.
 pub static RECEIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local now = tonumber(ARGV[2])
 settle(now)
-local out = {0, 0}
+local taken, n = {}, 0
 local wanted = tonumber(ARGV[1])
-local due = now + tonumber(ARGV[3])
+-- Formatted once: every message hidden gets it.
+local due = tostring(now + tonumber(ARGV[3]))
 local got = 0
 while got < wanted do
   local keys = take_many(math.min(wanted - got, 1000))
@@ -303,11 +327,9 @@ while got < wanted do
     if expiries[i] then
       hidden[#hidden + 1] = due
       hidden[#hidden + 1] = key
-      out[#out + 1] = key
-      out[#out + 1] = values[i]
-      out[#out + 1] = expiries[i]
-      out[#out + 1] = redis.call('HINCRBY', DELIVERIES, ids[i], 1)
       got = got + 1
+      local count = redis.call('HINCRBY', DELIVERIES, ids[i], 1)
+      n = pack(taken, n, key, values[i], expiries[i], count)
     else
       gone[#gone + 1] = key
       gone_ids[#gone_ids + 1] = ids[i]
@@ -316,9 +338,7 @@ while got < wanted do
   bulk('ZADD', INFLIGHT, hidden)
   forget_all(gone, gone_ids)
 end
-out[1] = redis.call('LLEN', DYING)
-out[2] = remaining()
-return out
+return {redis.call('LLEN', DYING), remaining(), table.concat(taken)}
 ",
     )
 });
