@@ -822,7 +822,9 @@ impl Writer {
                 }
                 if !batch.log.is_empty() {
                     let durable = self.fsync && jobs.iter().any(|job| job.durable());
-                    let written = self.wal.append(&batch.log);
+                    // Without fsync no frame is ever synced by a batch: padded
+                    // each, a frame the kernel wrote back is never rewritten.
+                    let written = self.wal.append(&batch.log, durable || !self.fsync);
                     if written.is_ok() && durable {
                         jobs = answer_settled(jobs, &batch);
                     }

@@ -7,10 +7,16 @@
 //!
 //! The file is written over in place, never truncated: a frame names the log's
 //! generation (raised by every checkpoint) and its sequence number, and is
-//! checksummed, so stale or torn frames end the replay. Frames start on page
-//! boundaries so that writing one never rewrites a page of an earlier, synced
-//! frame; the file's pages are zero-filled ahead of use so that a sync writes data
-//! only, not file-size metadata.
+//! checksummed, so stale or torn frames end the replay. A frame that is synced
+//! is padded to a page boundary, so that writing a later frame never rewrites a
+//! page of a synced one. A frame that is not synced (a batch of pops and reads,
+//! whose changes a crash of the machine may undo) is not padded: the next frame
+//! follows it on its page. A torn rewrite of that page can then lose it, and
+//! the replay ends there, but only before the next sync, which makes the page
+//! whole again before any later frame counts as durable; so padding pop
+//! batches, which would fill a page each, buys nothing. The file's pages are
+//! zero-filled ahead of use so that a sync writes data only, not file-size
+//! metadata.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -24,7 +30,11 @@ use crate::store::StoreError;
 const PAGE: usize = 4096;
 /// magic (4) | generation (8) | sequence (8) | payload length (4) | crc32 (4)
 const HEADER: usize = 28;
+/// The magic of a frame padded to a page boundary.
 const MAGIC: u32 = 0x524d_5131;
+/// The magic of a frame that the next one follows directly; its checksum
+/// covers the magic too, so that a damaged magic cannot move the next frame.
+const MAGIC_UNPADDED: u32 = 0x524d_5132;
 /// Size of a new log file.
 const INITIAL_SIZE: u64 = 1 << 20;
 /// The file grows by at least this much when a frame does not fit.
@@ -236,7 +246,12 @@ fn padded(len: usize) -> usize {
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[4..24]);
+    let covered = if header[..4] == MAGIC_UNPADDED.to_be_bytes() {
+        &header[..24]
+    } else {
+        &header[4..24]
+    };
+    hasher.update(covered);
     hasher.update(payload);
     hasher.finalize()
 }
@@ -250,7 +265,8 @@ fn frames(data: &[u8], generation: u64, after: u64) -> Vec<&[u8]> {
     while at + HEADER <= data.len() {
         let header = &data[at..at + HEADER];
         let len = u32::from_be_bytes([header[20], header[21], header[22], header[23]]) as usize;
-        let valid = header[..4] == MAGIC.to_be_bytes()
+        let padded_frame = header[..4] == MAGIC.to_be_bytes();
+        let valid = (padded_frame || header[..4] == MAGIC_UNPADDED.to_be_bytes())
             && u64_at(header, 4) == generation
             && u64_at(header, 12) == expected
             && len <= data.len() - at - HEADER;
@@ -264,7 +280,10 @@ fn frames(data: &[u8], generation: u64, after: u64) -> Vec<&[u8]> {
         }
         out.push(payload);
         expected += 1;
-        at += padded(HEADER + len);
+        at += HEADER + len;
+        if padded_frame {
+            at = padded(at);
+        }
     }
     out
 }
@@ -339,15 +358,17 @@ impl Wal {
     }
 
     /// Writes one frame holding `payload`, not synced (see [`Wal::sync`]).
-    pub fn append(&mut self, payload: &[u8]) -> Result<(), StoreError> {
-        self.write_frame(payload)
+    /// A frame to be synced must be `padded`: see the module's documentation.
+    pub fn append(&mut self, payload: &[u8], padded: bool) -> Result<(), StoreError> {
+        self.write_frame(payload, padded)
             .map_err(|e| StoreError::Unavailable(format!("writing the write-ahead log: {e}")))
     }
 
-    fn write_frame(&mut self, payload: &[u8]) -> io::Result<()> {
+    fn write_frame(&mut self, payload: &[u8], pad: bool) -> io::Result<()> {
         let lsn = self.lsn + 1;
         self.frame.clear();
-        self.frame.extend_from_slice(&MAGIC.to_be_bytes());
+        let magic = if pad { MAGIC } else { MAGIC_UNPADDED };
+        self.frame.extend_from_slice(&magic.to_be_bytes());
         self.frame.extend_from_slice(&self.generation.to_be_bytes());
         self.frame.extend_from_slice(&lsn.to_be_bytes());
         let len = u32::try_from(payload.len())
@@ -356,7 +377,12 @@ impl Wal {
         let crc = checksum(&self.frame[..HEADER - 4], payload);
         self.frame.extend_from_slice(&crc.to_be_bytes());
         self.frame.extend_from_slice(payload);
-        self.frame.resize(padded(self.frame.len()), 0);
+        if pad {
+            // To the end of the page the frame ends on, wherever it starts.
+            let start = usize::try_from(self.offset % PAGE as u64).unwrap_or(0);
+            self.frame
+                .resize(padded(start + self.frame.len()) - start, 0);
+        }
 
         let end = self.offset + self.frame.len() as u64;
         if end > self.size {
@@ -451,7 +477,7 @@ mod tests {
         let (mut wal, replay) = Wal::open(&path, 1, 0).expect("open");
         assert!(replay.is_empty());
         for payload in [&b"one"[..], b"two", b"three"] {
-            wal.append(payload).expect("append");
+            wal.append(payload, true).expect("append");
         }
         drop(wal);
         let (_, replay) = Wal::open(&path, 1, 0).expect("reopen");
@@ -467,7 +493,7 @@ mod tests {
         assert!(replay.is_empty());
         // Writing generation 2 over the start leaves older frames behind it stale.
         wal.restart(2);
-        wal.append(b"new").expect("append");
+        wal.append(b"new", true).expect("append");
         drop(wal);
         let (_, replay) = Wal::open(&path, 2, 3).expect("reopen");
         assert_eq!(replay, vec![b"new".to_vec()]);
@@ -476,5 +502,35 @@ mod tests {
         file.write_all_at(b"X", HEADER as u64).expect("corrupt");
         let (_, replay) = Wal::open(&path, 2, 3).expect("reopen");
         assert!(replay.is_empty());
+    }
+
+    #[test]
+    fn unpadded_frames_are_followed_directly_and_replayed_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 1, 0).expect("open");
+        let frames = [
+            (&b"pop"[..], false),
+            (b"pop2", false),
+            (b"publish", true),
+            (b"pop3", false),
+        ];
+        for (payload, pad) in frames {
+            wal.append(payload, pad).expect("append");
+        }
+        // The unpadded frames and the padded one share the first page, which
+        // the padded one fills; the next frame starts the second.
+        assert_eq!(wal.offset, (PAGE + HEADER + 4) as u64);
+        drop(wal);
+        let (_, replay) = Wal::open(&path, 1, 0).expect("reopen");
+        let expected: Vec<Vec<u8>> = frames.iter().map(|(p, _)| p.to_vec()).collect();
+        assert_eq!(replay, expected);
+        // The magic is checksummed: one of an unpadded frame turned into the
+        // padded one's ends the replay there rather than skipping ahead.
+        let file = OpenOptions::new().write(true).open(&path).expect("file");
+        file.write_all_at(&MAGIC.to_be_bytes(), (HEADER + 3) as u64)
+            .expect("corrupt");
+        let (_, replay) = Wal::open(&path, 1, 0).expect("reopen");
+        assert_eq!(replay, vec![b"pop".to_vec()]);
     }
 }
