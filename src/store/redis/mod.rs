@@ -367,23 +367,32 @@ fn parse_messages(
                 _ => Err(bad()),
             })
             .collect::<Result<Vec<i64>, _>>()?;
-        let id = keys
-            .id_of(key)
-            .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
-        let expires_at = numbers
-            .first()
-            .and_then(|&at| u64::try_from(at).ok())
-            .unwrap_or(0);
-        out.push((
-            Message {
-                id,
-                value: String::from_utf8_lossy(value).into_owned(),
-                expires_at,
-            },
-            numbers,
-        ));
+        out.push(taken_message(keys, key, value, numbers)?);
     }
     Ok(out)
+}
+
+/// A message a script took, as its key, value and numbers (expiry in ms, 0:
+/// none; then any other) came back, with those numbers.
+fn taken_message(
+    keys: &QueueKeys,
+    key: &[u8],
+    value: &[u8],
+    numbers: Vec<i64>,
+) -> Result<(Message, Vec<i64>), StoreError> {
+    let id = keys
+        .id_of(key)
+        .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
+    let expires_at = numbers
+        .first()
+        .and_then(|&at| u64::try_from(at).ok())
+        .unwrap_or(0);
+    let message = Message {
+        id,
+        value: String::from_utf8_lossy(value).into_owned(),
+        expires_at,
+    };
+    Ok((message, numbers))
 }
 
 /// Bytes of the header a taking script packs before each message.
@@ -412,19 +421,9 @@ fn parse_packed(keys: &QueueKeys, rest: &[Value]) -> Result<Vec<(Message, Vec<i6
         let (key_len, value_len) = (key_len as usize, value_len as usize);
         let (key, body) = body.split_at_checked(key_len).ok_or_else(bad)?;
         let (value, body) = body.split_at_checked(value_len).ok_or_else(bad)?;
-        let id = keys
-            .id_of(key)
-            .ok_or_else(|| StoreError::Corrupted(format!("a foreign key in {}", keys.list)))?;
         // Whole numbers well within a double's exact range.
-        let (expiry, count) = (expiry as i64, count as i64);
-        out.push((
-            Message {
-                id,
-                value: String::from_utf8_lossy(value).into_owned(),
-                expires_at: u64::try_from(expiry).unwrap_or(0),
-            },
-            vec![expiry, count],
-        ));
+        let numbers = vec![expiry as i64, count as i64];
+        out.push(taken_message(keys, key, value, numbers)?);
         packed = body;
     }
     Ok(out)
