@@ -217,6 +217,7 @@ impl EmbeddedStore {
             clock,
             fsync: options.fsync,
             shared: shared.clone(),
+            pace: Pace::default(),
         };
         writer.recover(&replay)?;
         if !replay.is_empty() {
@@ -227,10 +228,7 @@ impl EmbeddedStore {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let handle = std::thread::Builder::new()
             .name("restmq-writer".into())
-            .spawn(move || {
-                yield_to_connections();
-                writer.run(rx)
-            })
+            .spawn(move || writer.run(rx))
             .map_err(io_error("cannot start the writer"))?;
         Ok(EmbeddedStore {
             jobs,
@@ -685,6 +683,7 @@ struct Writer {
     clock: Arc<dyn Clock>,
     fsync: bool,
     shared: Arc<Shared>,
+    pace: Pace,
 }
 
 /// Why the writer stopped filling a transaction.
@@ -805,6 +804,9 @@ impl Writer {
         let mut logged = 0;
         loop {
             let (mut jobs, stop) = receive(rx);
+            if let Some(yielding) = self.pace.batch(jobs.len()) {
+                set_yielding(yielding);
+            }
             if !jobs.is_empty() {
                 batch.begin(self.clock.now());
                 let applied = apply_all(&mut jobs, &mut batch).and_then(|()| batch.write_meta());
@@ -902,30 +904,68 @@ impl Writer {
     }
 }
 
-/// Puts the calling thread (the writer) in the `SCHED_BATCH` class: its wake-ups
-/// no longer preempt the threads serving connections; it runs when a core is
-/// free or at their next scheduling tick. Woken once per batch, the writer
-/// otherwise cut in on a runtime thread in the middle of a request, and each
-/// such switch cost both threads cache and scheduler work: with it, pops cost
-/// less CPU and come in larger batches (see the README's Benchmark section).
-/// A thread needs no privilege to lower its own class, so this does not fail
-/// in practice; if it does, the writer runs as before.
+/// How busy the writer is, from the jobs in its recent batches; it decides the
+/// writer thread's scheduling class.
+///
+/// Busy (batches of several jobs on average), the writer runs in Linux's
+/// `SCHED_BATCH` class: its wake-ups, one per batch, wait for a free core or
+/// the next scheduling tick instead of preempting a thread serving
+/// connections in mid-request, which cost both threads a context switch;
+/// batches grow, and each pop costs less CPU. Serving lone requests, it runs
+/// in the default class, so that a lone request's job runs at once.
+#[derive(Debug, Default)]
+struct Pace {
+    /// Jobs per batch, averaged over about the last 8 batches, times 8.
+    jobs_x8: usize,
+    busy: bool,
+}
+
+impl Pace {
+    /// Jobs per batch (on average) above which the writer yields, and below
+    /// which it stops yielding: apart, so that it does not flap.
+    const BUSY_ABOVE: usize = 4;
+    const IDLE_BELOW: usize = 2;
+
+    /// Counts a batch of `jobs`; returns the new class when it changes (true:
+    /// yield to the connections).
+    fn batch(&mut self, jobs: usize) -> Option<bool> {
+        self.jobs_x8 = self.jobs_x8 - self.jobs_x8 / 8 + jobs.min(64);
+        let busy = if self.busy {
+            self.jobs_x8 >= 8 * Self::IDLE_BELOW
+        } else {
+            self.jobs_x8 > 8 * Self::BUSY_ABOVE
+        };
+        (busy != self.busy).then(|| {
+            self.busy = busy;
+            busy
+        })
+    }
+}
+
+/// Puts the calling thread in the `SCHED_BATCH` class (`yielding`) or back in
+/// the default one (see [`Pace`]). A thread needs no privilege to move itself
+/// between these two, so this does not fail in practice; if it does, the
+/// thread stays as it was.
 #[cfg(target_os = "linux")]
-fn yield_to_connections() {
+fn set_yielding(yielding: bool) {
+    let class = if yielding {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is
     // the calling thread, whose scheduling class is all that changes.
-    let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if status != 0 {
+    if unsafe { libc::sched_setscheduler(0, class, &param) } != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
-            "the writer keeps the default scheduling class"
+            "the writer keeps its scheduling class"
         );
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn yield_to_connections() {}
+fn set_yielding(_yielding: bool) {}
 
 /// Once the store failed: answers every job with the failure until told to stop.
 fn refuse_all(rx: &mut mpsc::Receiver<Msg>, failure: &StoreError) -> Stop {
@@ -943,45 +983,35 @@ fn refuse_all(rx: &mut mpsc::Receiver<Msg>, failure: &StoreError) -> Stop {
 mod tests {
     use super::*;
 
-    /// The writer thread runs in the `SCHED_BATCH` class. Other tests may be
-    /// starting stores of their own, whose writers may not have set their
-    /// class yet: the one that has answered a job must have.
+    /// Lone requests keep the default class; batches of several jobs on
+    /// average move the writer to yielding, and back once they shrink.
+    #[test]
+    fn the_writer_yields_only_while_busy() {
+        let mut pace = Pace::default();
+        for _ in 0..100 {
+            assert_eq!(pace.batch(1), None, "lone jobs never yield");
+        }
+        let changes: Vec<_> = (0..20).filter_map(|_| pace.batch(12)).collect();
+        assert_eq!(changes, [true], "busy batches yield, once");
+        assert_eq!(pace.batch(1), None, "one small batch does not flap");
+        let changes: Vec<_> = (0..40).filter_map(|_| pace.batch(1)).collect();
+        assert_eq!(changes, [false], "lone jobs again stop yielding, once");
+    }
+
+    /// The class really changes, both ways, on the thread that asks.
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_writer_thread_yields_to_connections() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = EmbeddedStore::open(
-            dir.path(),
-            EmbeddedOptions::default(),
-            Arc::new(crate::store::SystemClock),
-        )
-        .expect("open the store");
-        // A job answered: the writer has started, and set its class first.
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(store.config("q"))
-            .expect("a job through the writer");
-        let mut batch_writers = 0;
-        for task in std::fs::read_dir("/proc/self/task").expect("list threads") {
-            let task = task.expect("thread entry").path();
-            let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
-                continue; // the thread ended meanwhile
-            };
-            if name.trim_end() != "restmq-writer" {
-                continue;
-            }
-            let tid: libc::pid_t = task
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse().ok())
-                .expect("numeric thread id");
-            // SAFETY: sched_getscheduler only reads the class of thread `tid`.
-            if unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_BATCH {
-                batch_writers += 1;
-            }
-        }
-        assert!(batch_writers > 0, "no restmq-writer thread in SCHED_BATCH");
-        drop(store);
+    fn yielding_moves_the_thread_between_classes() {
+        let classes = std::thread::spawn(|| {
+            // SAFETY: sched_getscheduler(0) only reads the calling thread's class.
+            let class = || unsafe { libc::sched_getscheduler(0) };
+            set_yielding(true);
+            let yielding = class();
+            set_yielding(false);
+            (yielding, class())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(classes, (libc::SCHED_BATCH, libc::SCHED_OTHER));
     }
 }
