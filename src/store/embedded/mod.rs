@@ -929,6 +929,7 @@ impl Pace {
     /// Counts a batch of `jobs`; returns the new class when it changes (true:
     /// yield to the connections).
     fn batch(&mut self, jobs: usize) -> Option<bool> {
+        // A burst counts as 64 jobs at most: one does not keep it yielding long.
         self.jobs_x8 = self.jobs_x8 - self.jobs_x8 / 8 + jobs.min(64);
         let busy = if self.busy {
             self.jobs_x8 >= 8 * Self::IDLE_BELOW
