@@ -13,6 +13,15 @@
 //! cost two thread wake-ups per batch, which measured slower for small messages
 //! and large ones alike (see the README's Benchmark section).
 //!
+//! Pops go through the writer too, although the hand-off between threads costs
+//! more than redb's work for a pop. Holding each popped queue's first messages
+//! in memory, taking them on the thread that serves the request and logging the
+//! removal there (before answering, so that a killed restmq does not bring the
+//! pop back) measured slower at 64 connections: a log write per pop on the
+//! connection threads, under a lock they share, cost more than the writer's
+//! batched hand-off, which serves 12 to 20 pops per wake-up. Even with the
+//! log write left out, which would be unsafe, it only matched the writer.
+//!
 //! A job is answered only after every earlier batch is synced, so nothing can be
 //! delivered before it is durable. Changes that need no durability of their own
 //! (a pop, a peek) are logged too but do not wait for a sync of their own: a crash
