@@ -166,6 +166,27 @@ fn batch_result(successful: Vec<Value>, failures: Vec<Value>) -> Map<String, Val
     out
 }
 
+/// Runs `one` on each entry of a batch, in order: an entry that succeeds is
+/// reported by its `Id` in `Successful`, one that fails in `Failed`.
+async fn each_entry<'a, F, Done>(
+    input: &'a Map<String, Value>,
+    mut one: F,
+) -> Result<Map<String, Value>, SqsError>
+where
+    F: FnMut(&'a Map<String, Value>) -> Done,
+    Done: Future<Output = Result<(), SqsError>>,
+{
+    let mut successful = Vec::new();
+    let mut failures = Vec::new();
+    for (id, entry) in entries(input)? {
+        match one(entry).await {
+            Ok(()) => successful.push(serde_json::json!({ "Id": id })),
+            Err(error) => failures.push(failed(&id, &error)),
+        }
+    }
+    Ok(batch_result(successful, failures))
+}
+
 /// `SendMessageBatch`: the valid entries are published together, all or
 /// none; each invalid one is reported in `Failed`.
 pub async fn send_batch(
@@ -363,19 +384,11 @@ pub async fn delete_batch(
 ) -> Result<Map<String, Value>, SqsError> {
     let queue = ctx.queue(input)?;
     ctx.require(Right::Consume, Some(&queue))?;
-    let mut successful = Vec::new();
-    let mut failures = Vec::new();
-    for (id, entry) in entries(input)? {
-        let done = match input::required(entry, "ReceiptHandle") {
-            Ok(handle) => delete_one(ctx, &queue, handle).await,
-            Err(error) => Err(error),
-        };
-        match done {
-            Ok(()) => successful.push(serde_json::json!({ "Id": id })),
-            Err(error) => failures.push(failed(&id, &error)),
-        }
-    }
-    Ok(batch_result(successful, failures))
+    let queue = &queue;
+    each_entry(input, |entry| async move {
+        delete_one(ctx, queue, input::required(entry, "ReceiptHandle")?).await
+    })
+    .await
 }
 
 /// Hides one delivery's message `seconds` from now; 0 releases it.
@@ -413,15 +426,8 @@ pub async fn change_visibility_batch(
 ) -> Result<Map<String, Value>, SqsError> {
     let queue = ctx.queue(input)?;
     ctx.require(Right::Consume, Some(&queue))?;
-    let mut successful = Vec::new();
-    let mut failures = Vec::new();
-    for (id, entry) in entries(input)? {
-        match change_one(ctx, &queue, entry).await {
-            Ok(()) => successful.push(serde_json::json!({ "Id": id })),
-            Err(error) => failures.push(failed(&id, &error)),
-        }
-    }
-    Ok(batch_result(successful, failures))
+    let queue = &queue;
+    each_entry(input, |entry| change_one(ctx, queue, entry)).await
 }
 
 #[cfg(test)]
