@@ -62,6 +62,8 @@ pub struct BenchArgs {
     pub size: usize,
     /// Queue to publish to and pop from [default: bench; with --mode fanout, a
     /// fresh queue for each run, `fanout-<pid>-<milliseconds>`].
+    // The brackets are clap's help text, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long)]
     pub queue: Option<String>,
     /// Which phases to run.

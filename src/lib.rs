@@ -5,6 +5,10 @@
 //! store. `main` and the tests start the server the same way: [`open`] then
 //! [`serve`].
 
+// Module docs describe the internals for those working on restmq and link to
+// private items; `cargo doc --document-private-items` resolves those links.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod acl;
 pub mod adapters;
 pub mod bench;

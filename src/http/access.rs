@@ -1,6 +1,6 @@
 //! Access control at the HTTP door: which rules each route answers to, what a
 //! request presents, and [`admit`], which the router's one middleware
-//! ([`super::trace::front`]) calls to let a request in, or refuse it, before
+//! ([`super::trace::Front`]) calls to let a request in, or refuse it, before
 //! any work is done.
 //!
 //! A route's queue, when its path names one, is checked here. Routes whose

@@ -537,7 +537,7 @@ async fn closed<S: AsyncRead + Unpin>(reader: &mut S) {
 /// `GET /ws/<q>`: a WebSocket carrying each message as a text frame
 /// `{"key","value"}`; frames the client sends are echoed back, as the original
 /// did. With `ack=1`, messages come with receipts to settle instead (see
-/// [`ws_ack`](super::ws_ack)).
+/// [`ws_ack`]).
 pub async fn websocket(
     State(state): State<AppState>,
     Queue(queue): Queue,

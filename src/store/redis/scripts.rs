@@ -275,7 +275,7 @@ return {n - count + 1, count}
     )
 });
 
-/// Takes up to ARGV[1] messages from the head. ARGV: max, now. Returns
+/// Takes up to `ARGV[1]` messages from the head. ARGV: max, now. Returns
 /// messages waiting to be dead-lettered, messages left, then one string of the
 /// messages, each packed with its expiry (ms, 0: none) as `pack` does (see
 /// `parse_packed`).
@@ -304,7 +304,7 @@ return {redis.call('LLEN', DYING), remaining(), table.concat(taken)}
     )
 });
 
-/// Receives up to ARGV[1] messages, hiding each. ARGV: max, now, visibility
+/// Receives up to `ARGV[1]` messages, hiding each. ARGV: max, now, visibility
 /// (ms). Returns messages waiting to be dead-lettered, messages left, then one
 /// string of the messages, each packed with its expiry (ms, 0: none) and
 /// delivery count as `pack` does.
@@ -549,7 +549,7 @@ return 1
     )
 });
 
-/// Raises a counter to at least ARGV[1]. KEYS: counter.
+/// Raises a counter to at least `ARGV[1]`. KEYS: counter.
 pub static RAISE_COUNTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
