@@ -1091,3 +1091,131 @@ async fn once_ready_again_after_a_redis_restart_requests_succeed() {
     b.stop().await;
     drop(redis);
 }
+
+/// Every key of the database, sorted.
+async fn all_keys(conn: &mut MultiplexedConnection) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(conn)
+        .await
+        .expect("KEYS *");
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_queue_of_a_million_messages_succeeds_and_deletes_them_all() {
+    if !redis_available("purging_a_queue_of_a_million_messages_succeeds_and_deletes_them_all") {
+        return;
+    }
+    // A server of its own: filling it holds it for a moment, which would
+    // stall the other tests' databases on the shared one. Its slow log keeps
+    // every command that held it for 200 ms or more.
+    let redis = own_redis(&["--slowlog-log-slower-than", "200000"]).await;
+    let url = redis.url(0);
+    let mut conn = connect(&url).await;
+    // The original's layout, written in slices of 100,000 per script.
+    let fill = redis::Script::new(
+        r"
+for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do
+  redis.call('SET', 'big:' .. i, 'v' .. i)
+  redis.call('LPUSH', 'big:queue', 'big:' .. i)
+end
+redis.call('SET', 'big:UUID', ARGV[2])
+redis.call('SADD', 'QUEUESET', 'big')
+",
+    );
+    const MESSAGES: u64 = 1_000_000;
+    for start in (1..=MESSAGES).step_by(100_000) {
+        fill.arg(start)
+            .arg(start + 99_999)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .expect("fill the queue");
+    }
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SLOWLOG RESET");
+    let server = restmq_on(vec![url.clone()]).await;
+    assert_eq!(
+        server.get("/stats/big").await.json()["len"],
+        MESSAGES,
+        "the queue holds every message before the purge"
+    );
+
+    let answer = server.delete("/q/big").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "{\"queue\":\"big\",\"status\":1}\r\n")
+    );
+    assert_eq!(server.get("/q/big").await.status, 204);
+    // A purge works in slices of about a millisecond, 200 times below the
+    // slow log's bar: one script deleting every key held Redis, and every
+    // other client, for the whole purge.
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .query_async(&mut conn)
+        .await
+        .expect("SLOWLOG GET");
+    assert!(slow.is_empty(), "no command held Redis: {slow:?}");
+    let left: Vec<String> = all_keys(&mut conn)
+        .await
+        .into_iter()
+        .filter(|key| key.starts_with("big:"))
+        .collect();
+    assert_eq!(
+        left,
+        ["big:UUID"],
+        "every message key and every key set aside is gone"
+    );
+    assert_eq!(server.publish("big", "after").await, "big:1000001");
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_left_unfinished_is_finished_by_the_next_one() {
+    if !redis_available("a_purge_left_unfinished_is_finished_by_the_next_one") {
+        return;
+    }
+    let url = fresh_database().await;
+    let mut conn = connect(&url).await;
+    let server = restmq_on(vec![url.clone()]).await;
+    for value in ["a", "b", "c"] {
+        server.publish("q", value).await;
+    }
+    // What a purge that stopped after setting the queue aside leaves: the list
+    // under a name of its own, listed as unfinished, its messages still there.
+    redis::pipe()
+        .cmd("RENAME")
+        .arg("q:queue")
+        .arg("q:purged-1-list")
+        .ignore()
+        .cmd("RPUSH")
+        .arg("q:purging")
+        .arg("q:purged-1-list")
+        .ignore()
+        .cmd("SET")
+        .arg("q:purges")
+        .arg(1)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("set a purge up as unfinished");
+    assert_eq!(server.get("/q/q").await.status, 204, "the queue is empty");
+    server.publish("q", "d").await;
+
+    let answer = server.delete("/q/q").await;
+    assert_eq!(answer.body, "{\"queue\":\"q\",\"status\":1}\r\n");
+    let left: Vec<String> = all_keys(&mut conn)
+        .await
+        .into_iter()
+        .filter(|key| key.starts_with("q:"))
+        .collect();
+    assert_eq!(
+        left,
+        ["q:UUID"],
+        "the earlier purge's messages are gone too"
+    );
+}

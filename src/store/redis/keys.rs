@@ -84,6 +84,17 @@ impl QueueKeys {
         &self.eight[3]
     }
 
+    /// The list of purges not yet finished: keys [`super::scripts::PURGE`] set
+    /// aside, whose messages are still to delete.
+    pub fn purging(&self) -> String {
+        [self.prefix.as_str(), ":purging"].concat()
+    }
+
+    /// The counter numbering the queue's unfinished purges.
+    pub fn purges(&self) -> String {
+        [self.prefix.as_str(), ":purges"].concat()
+    }
+
     /// The key of message `id`.
     pub fn message(&self, id: u64) -> String {
         crate::store::message_key(&self.prefix, id)

@@ -464,6 +464,10 @@ fn policy_of(value: Option<String>) -> Option<Policy> {
 }
 
 /// Adds the eight keys every reliable-delivery script takes first.
+/// Message keys a [`scripts::PURGE_STEP`] deletes at most: about a
+/// millisecond of Redis's time.
+const PURGE_SLICE: usize = 1000;
+
 fn with_keys<'a>(script: &'a redis::Script, keys: &'a QueueKeys) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
     for key in &keys.eight {
@@ -1370,12 +1374,30 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys = self.keys(queue);
             let mut existed = false;
+            let (purging, purges) = (keys.purging(), keys.purges());
             for mut place in self.places(queue).await? {
                 let found: u8 = with_keys(&scripts::PURGE, &keys)
+                    .key(&purging)
+                    .key(&purges)
+                    .arg(&keys.prefix)
                     .invoke_async(&mut place.conn)
                     .await
                     .map_err(redis_error)?;
                 existed |= found == 1;
+                // The queue is empty already; its messages' keys go a slice
+                // per call, so that other clients are served in between.
+                loop {
+                    let more: u8 = scripts::PURGE_STEP
+                        .key(&purging)
+                        .key(&purges)
+                        .arg(PURGE_SLICE)
+                        .invoke_async(&mut place.conn)
+                        .await
+                        .map_err(redis_error)?;
+                    if more == 0 {
+                        break;
+                    }
+                }
                 if let Some(holder) = place.holder {
                     self.drained(queue, holder);
                 }

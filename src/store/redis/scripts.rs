@@ -14,7 +14,9 @@
 //!   dead-letter queue (a queue elsewhere, so not in the same script);
 //! - `<q>:expires`: hash, number -> expiry in ms by restmq's clock. A message
 //!   with a ttl also gets EXPIRE on its key (the original's way, and cleanup),
-//!   but restmq judges expiry by the time it passes in.
+//!   but restmq judges expiry by the time it passes in;
+//! - `<q>:purging`: list of the keys a purge set aside (`<q>:purged-<n>-list`,
+//!   `-ready`, …) whose messages are still to delete, numbered by `<q>:purges`.
 //!
 //! Message keys are built from a prefix (`<q>`, or `{<q>}` on a cluster) so that
 //! they share their queue's slot. Every script that takes or reads messages
@@ -463,26 +465,72 @@ return 0
     )
 });
 
-/// Deletes every message of the queue. Returns 1 when there were any.
+/// Empties the queue at once: moves its list and sets of message keys aside,
+/// to keys named `<prefix>:purged-<n>-<structure>` (no queue's key ends so),
+/// listed in KEYS[9] for [`PURGE_STEP`] to delete the messages' own keys a
+/// slice at a time. KEYS: the eight, the list of purges unfinished, the counter
+/// numbering them. ARGV: the prefix. Returns 1 when there were any messages.
+///
+/// Moving is O(1) per structure, however many messages: one script deleting
+/// every message key held Redis (and every other client) for seconds once a
+/// queue had a few hundred thousand.
 pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local keys = redis.call('LRANGE', LIST, 0, -1)
-for _, set in ipairs({READY, INFLIGHT, DELAYED}) do
-  for _, key in ipairs(redis.call('ZRANGE', set, 0, -1)) do keys[#keys + 1] = key end
-end
-for _, key in ipairs(redis.call('LRANGE', DYING, 0, -1)) do keys[#keys + 1] = key end
-for i = 1, #keys, 500 do
-  local chunk = {}
-  for j = i, math.min(i + 499, #keys) do
-    chunk[#chunk + 1] = keys[j]
-    chunk[#chunk + 1] = keys[j] .. ':refcount'
+local existed, n = 0, nil
+for _, part in ipairs({{LIST, 'list'}, {READY, 'ready'}, {INFLIGHT, 'inflight'},
+                       {DELAYED, 'delayed'}, {DYING, 'dying'}}) do
+  if redis.call('EXISTS', part[1]) == 1 then
+    existed = 1
+    n = n or redis.call('INCR', KEYS[10])
+    local aside = ARGV[1] .. ':purged-' .. n .. '-' .. part[2]
+    redis.call('RENAME', part[1], aside)
+    redis.call('RPUSH', KEYS[9], aside)
   end
-  redis.call('UNLINK', unpack(chunk))
 end
-redis.call('DEL', READY, INFLIGHT, DELAYED, DELIVERIES, DYING, EXPIRES)
-if redis.call('DEL', LIST) > 0 or #keys > 0 then return 1 end
-return 0
+redis.call('UNLINK', DELIVERIES, EXPIRES)
+return existed
+",
+    )
+});
+
+/// Deletes up to ARGV[1] message keys (and their refcounts) that [`PURGE`] set
+/// aside. KEYS: the list of purges unfinished, the counter numbering them.
+/// Returns 1 while some are left. Unfinished purges (restmq stopped midway)
+/// are finished by the queue's next purge.
+pub static PURGE_STEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local budget = tonumber(ARGV[1])
+while budget > 0 do
+  local aside = redis.call('LINDEX', KEYS[1], 0)
+  if not aside then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
+  local kind = redis.call('TYPE', aside)['ok']
+  local keys = {}
+  if kind == 'list' then
+    keys = redis.call('LRANGE', aside, 0, budget - 1)
+    redis.call('LTRIM', aside, #keys, -1)
+  elseif kind == 'zset' then
+    keys = redis.call('ZRANGE', aside, 0, budget - 1)
+    if #keys > 0 then redis.call('ZREMRANGEBYRANK', aside, 0, #keys - 1) end
+  end
+  if #keys == 0 then
+    redis.call('UNLINK', aside)
+    redis.call('LPOP', KEYS[1])
+  else
+    local doomed = {}
+    for i, key in ipairs(keys) do
+      doomed[2 * i - 1] = key
+      doomed[2 * i] = key .. ':refcount'
+    end
+    redis.call('UNLINK', unpack(doomed))
+    budget = budget - #keys
+  end
+end
+return 1
 ",
     )
 });
