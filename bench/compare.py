@@ -8,7 +8,9 @@ server `hello` (the HTTP ceiling), nginx + nchan (the HTTP pub/sub peer), and
 redis-benchmark (the ceiling of the Redis store). Client and servers share the
 machine: compare rows of one run, as ratios.
 
-Rows (each a median of REPS runs, the targets alternating within a rep):
+Rows (each a median of REPS runs, the targets alternating within a rep; a
+ratio is the median of the reps' ratios, each rep's restmq beside the baseline
+measured in the same rep):
   publish c64 / c1      wrk + the kit's post.lua (100-byte form) on POST /q/bench;
                         hello and nchan (/pub/bench) the same way
   pop c64 / c1          wrk GET /q/bench on a queue filled beforehand with more
@@ -298,11 +300,25 @@ def med(values, key):
     return statistics.median(values) if values else None
 
 
-def row(what, ours, base, base_name, better="higher", target=None, unit="/s"):
-    """Adds a row: ours vs base; ratio = ours/base (or base/ours when lower is better)."""
+def paired(ours, base, key):
+    """Per repetition, restmq's result and its baseline's, where both exist."""
+    return [(o[key], b[key]) for o, b in zip(ours, base) if o is not None and b is not None]
+
+
+def row(what, ours, base, base_name, better="higher", target=None, unit="/s", pairs=None):
+    """Adds a row: ours vs base; ratio = ours/base (or base/ours when lower is better).
+    With `pairs` (restmq's and the baseline's result of each repetition), the
+    ratio is the median of the repetitions' ratios: this host's speed drifts by
+    10-20% within minutes, and the ratio of two medians could pair a baseline
+    of a fast phase with a restmq run of a slow one."""
     ratio = None
-    if ours is not None and base:
-        ratio = ours / base if better == "higher" else base / ours
+    def of(o, b):
+        return o / b if better == "higher" else b / o
+    if pairs:
+        ratios = [of(o, b) for o, b in pairs if o and b]
+        ratio = statistics.median(ratios) if ratios else None
+    elif ours is not None and base:
+        ratio = of(ours, base)
     verdict = ""
     if target is not None and ratio is not None:
         verdict = "ok" if ratio >= target else "BELOW"
@@ -396,25 +412,34 @@ def http_section(redis):
 
     hp64, hp1 = med(results["hello-post-64"], "rps"), med(results["hello-post-1"], "rps")
     hg64, hg1 = med(results["hello-get-64"], "rps"), med(results["hello-get-1"], "rps")
-    row("publish, embedded durable, c64", med(results["emb-post-64"], "rps"), hp64, "axum", target=0.75)
-    row("publish, embedded durable, c1", med(results["emb-post-1"], "rps"), hp1, "axum")
-    row("pop, embedded, c64", med(results["emb-pop-64"], "rps"), hg64, "axum GET /", target=0.75)
-    row("pop, embedded, c1", med(results["emb-pop-1"], "rps"), hg1, "axum GET /")
+    row("publish, embedded durable, c64", med(results["emb-post-64"], "rps"), hp64, "axum", target=0.75,
+        pairs=paired(results["emb-post-64"], results["hello-post-64"], "rps"))
+    row("publish, embedded durable, c1", med(results["emb-post-1"], "rps"), hp1, "axum",
+        pairs=paired(results["emb-post-1"], results["hello-post-1"], "rps"))
+    row("pop, embedded, c64", med(results["emb-pop-64"], "rps"), hg64, "axum GET /", target=0.75,
+        pairs=paired(results["emb-pop-64"], results["hello-get-64"], "rps"))
+    row("pop, embedded, c1", med(results["emb-pop-1"], "rps"), hg1, "axum GET /",
+        pairs=paired(results["emb-pop-1"], results["hello-get-1"], "rps"))
     if redis is not None:
-        row("publish, Redis, c64", med(results["redis-post-64"], "rps"), hp64, "axum", target=0.6)
-        row("publish, Redis, c1", med(results["redis-post-1"], "rps"), hp1, "axum")
-        row("pop, Redis, c64", med(results["redis-pop-64"], "rps"), hg64, "axum GET /", target=0.6)
-        row("pop, Redis, c1", med(results["redis-pop-1"], "rps"), hg1, "axum GET /")
+        row("publish, Redis, c64", med(results["redis-post-64"], "rps"), hp64, "axum", target=0.6,
+            pairs=paired(results["redis-post-64"], results["hello-post-64"], "rps"))
+        row("publish, Redis, c1", med(results["redis-post-1"], "rps"), hp1, "axum",
+            pairs=paired(results["redis-post-1"], results["hello-post-1"], "rps"))
+        row("pop, Redis, c64", med(results["redis-pop-64"], "rps"), hg64, "axum GET /", target=0.6,
+            pairs=paired(results["redis-pop-64"], results["hello-get-64"], "rps"))
+        row("pop, Redis, c1", med(results["redis-pop-1"], "rps"), hg1, "axum GET /",
+            pairs=paired(results["redis-pop-1"], results["hello-get-1"], "rps"))
         row("publish, Redis, c64 (vs the store)", med(results["redis-post-64"], "rps"),
-            med(results["lpush"], "rps"), "redis LPUSH")
+            med(results["lpush"], "rps"), "redis LPUSH", pairs=paired(results["redis-post-64"], results["lpush"], "rps"))
         row("pop, Redis, c64 (vs the store)", med(results["redis-pop-64"], "rps"),
-            med(results["rpop"], "rps"), "redis RPOP")
-    row("nchan publish, c64 (the peer)", med(results["nchan-post-64"], "rps"), hp64, "axum")
+            med(results["rpop"], "rps"), "redis RPOP", pairs=paired(results["redis-pop-64"], results["rpop"], "rps"))
+    row("nchan publish, c64 (the peer)", med(results["nchan-post-64"], "rps"), hp64, "axum",
+        pairs=paired(results["nchan-post-64"], results["hello-post-64"], "rps"))
     row("publish, embedded, c64 vs nchan", med(results["emb-post-64"], "rps"),
-        med(results["nchan-post-64"], "rps"), "nchan")
+        med(results["nchan-post-64"], "rps"), "nchan", pairs=paired(results["emb-post-64"], results["nchan-post-64"], "rps"))
     # p50 latencies, for the record.
     row("publish p50, embedded, c64", med(results["emb-post-64"], "p50"), med(results["hello-post-64"], "p50"),
-        "axum", better="lower", unit="ms")
+        "axum", better="lower", unit="ms", pairs=paired(results["emb-post-64"], results["hello-post-64"], "p50"))
 
 
 def fanout_section():
@@ -440,13 +465,15 @@ def fanout_section():
             log(f"   {[(k, v[-1]['secs'] if v[-1] else None) for k, v in runs.items()]}")
         nchan_secs = med(runs["nchan"], "secs")
         row(f"fan-out {subs} SSE x 1000, all delivered", med(runs["restmq"], "secs"), nchan_secs, "nchan",
-            better="lower", target=1.0 if subs == 100 else None, unit="s")
+            better="lower", target=1.0 if subs == 100 else None, unit="s",
+            pairs=paired(runs["restmq"], runs["nchan"], "secs"))
         row(f"fan-out {subs} SSE x 1000 (vs in-memory axum)", med(runs["restmq"], "secs"),
-            med(runs["hello"], "secs"), "axum broadcast", better="lower", unit="s")
+            med(runs["hello"], "secs"), "axum broadcast", better="lower", unit="s",
+            pairs=paired(runs["restmq"], runs["hello"], "secs"))
         row(f"fan-out {subs} WebSocket x 1000 (restmq bench)", med(runs["ws"], "secs"), nchan_secs,
-            "nchan SSE", better="lower", unit="s")
+            "nchan SSE", better="lower", unit="s", pairs=paired(runs["ws"], runs["nchan"], "secs"))
         row(f"fan-out {subs} SSE x 1000, restmq --no-fsync", med(runs["nofsync"], "secs"), nchan_secs,
-            "nchan", better="lower", unit="s")
+            "nchan", better="lower", unit="s", pairs=paired(runs["nofsync"], runs["nchan"], "secs"))
 
 
 def latency_section():
@@ -497,9 +524,9 @@ def idle_section():
     ours = med(runs["restmq"], "bytes")
     row(f"memory per idle SSE stream ({IDLE_N:,})", ours, 8192, "target", better="lower", target=1.0, unit="B")
     row(f"memory per idle SSE stream ({IDLE_N:,}) vs nchan", ours, med(runs["nchan"], "bytes"), "nchan",
-        better="lower", unit="B")
+        better="lower", unit="B", pairs=paired(runs["restmq"], runs["nchan"], "bytes"))
     row(f"memory per idle SSE stream ({IDLE_N:,}) vs axum", ours, med(runs["hello"], "bytes"), "axum",
-        better="lower", unit="B")
+        better="lower", unit="B", pairs=paired(runs["restmq"], runs["hello"], "bytes"))
 
 
 def restart_section():
