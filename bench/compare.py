@@ -410,36 +410,26 @@ def http_section(redis):
         results["nchan-post-1"].append(post(nchan + "/pub/bench", 1))
         nchan_stop()
 
-    hp64, hp1 = med(results["hello-post-64"], "rps"), med(results["hello-post-1"], "rps")
-    hg64, hg1 = med(results["hello-get-64"], "rps"), med(results["hello-get-1"], "rps")
-    row("publish, embedded durable, c64", med(results["emb-post-64"], "rps"), hp64, "axum", target=0.75,
-        pairs=paired(results["emb-post-64"], results["hello-post-64"], "rps"))
-    row("publish, embedded durable, c1", med(results["emb-post-1"], "rps"), hp1, "axum",
-        pairs=paired(results["emb-post-1"], results["hello-post-1"], "rps"))
-    row("pop, embedded, c64", med(results["emb-pop-64"], "rps"), hg64, "axum GET /", target=0.75,
-        pairs=paired(results["emb-pop-64"], results["hello-get-64"], "rps"))
-    row("pop, embedded, c1", med(results["emb-pop-1"], "rps"), hg1, "axum GET /",
-        pairs=paired(results["emb-pop-1"], results["hello-get-1"], "rps"))
+    def vs(what, ours, base, base_name, key="rps", **kw):
+        row(what, med(results[ours], key), med(results[base], key), base_name,
+            pairs=paired(results[ours], results[base], key), **kw)
+
+    vs("publish, embedded durable, c64", "emb-post-64", "hello-post-64", "axum", target=0.75)
+    vs("publish, embedded durable, c1", "emb-post-1", "hello-post-1", "axum")
+    vs("pop, embedded, c64", "emb-pop-64", "hello-get-64", "axum GET /", target=0.75)
+    vs("pop, embedded, c1", "emb-pop-1", "hello-get-1", "axum GET /")
     if redis is not None:
-        row("publish, Redis, c64", med(results["redis-post-64"], "rps"), hp64, "axum", target=0.6,
-            pairs=paired(results["redis-post-64"], results["hello-post-64"], "rps"))
-        row("publish, Redis, c1", med(results["redis-post-1"], "rps"), hp1, "axum",
-            pairs=paired(results["redis-post-1"], results["hello-post-1"], "rps"))
-        row("pop, Redis, c64", med(results["redis-pop-64"], "rps"), hg64, "axum GET /", target=0.6,
-            pairs=paired(results["redis-pop-64"], results["hello-get-64"], "rps"))
-        row("pop, Redis, c1", med(results["redis-pop-1"], "rps"), hg1, "axum GET /",
-            pairs=paired(results["redis-pop-1"], results["hello-get-1"], "rps"))
-        row("publish, Redis, c64 (vs the store)", med(results["redis-post-64"], "rps"),
-            med(results["lpush"], "rps"), "redis LPUSH", pairs=paired(results["redis-post-64"], results["lpush"], "rps"))
-        row("pop, Redis, c64 (vs the store)", med(results["redis-pop-64"], "rps"),
-            med(results["rpop"], "rps"), "redis RPOP", pairs=paired(results["redis-pop-64"], results["rpop"], "rps"))
-    row("nchan publish, c64 (the peer)", med(results["nchan-post-64"], "rps"), hp64, "axum",
-        pairs=paired(results["nchan-post-64"], results["hello-post-64"], "rps"))
-    row("publish, embedded, c64 vs nchan", med(results["emb-post-64"], "rps"),
-        med(results["nchan-post-64"], "rps"), "nchan", pairs=paired(results["emb-post-64"], results["nchan-post-64"], "rps"))
+        vs("publish, Redis, c64", "redis-post-64", "hello-post-64", "axum", target=0.6)
+        vs("publish, Redis, c1", "redis-post-1", "hello-post-1", "axum")
+        vs("pop, Redis, c64", "redis-pop-64", "hello-get-64", "axum GET /", target=0.6)
+        vs("pop, Redis, c1", "redis-pop-1", "hello-get-1", "axum GET /")
+        vs("publish, Redis, c64 (vs the store)", "redis-post-64", "lpush", "redis LPUSH")
+        vs("pop, Redis, c64 (vs the store)", "redis-pop-64", "rpop", "redis RPOP")
+    vs("nchan publish, c64 (the peer)", "nchan-post-64", "hello-post-64", "axum")
+    vs("publish, embedded, c64 vs nchan", "emb-post-64", "nchan-post-64", "nchan")
     # p50 latencies, for the record.
-    row("publish p50, embedded, c64", med(results["emb-post-64"], "p50"), med(results["hello-post-64"], "p50"),
-        "axum", better="lower", unit="ms", pairs=paired(results["emb-post-64"], results["hello-post-64"], "p50"))
+    vs("publish p50, embedded, c64", "emb-post-64", "hello-post-64", "axum", key="p50", better="lower",
+       unit="ms")
 
 
 def fanout_section():

@@ -1092,13 +1092,13 @@ async fn once_ready_again_after_a_redis_restart_requests_succeed() {
     drop(redis);
 }
 
-/// Every key of the database, sorted.
-async fn all_keys(conn: &mut MultiplexedConnection) -> Vec<String> {
+/// The keys of the database starting with `prefix`, sorted.
+async fn keys_starting(conn: &mut MultiplexedConnection, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
+        .arg(format!("{prefix}*"))
         .query_async(conn)
         .await
-        .expect("KEYS *");
+        .expect("KEYS");
     keys.sort();
     keys
 }
@@ -1160,13 +1160,8 @@ redis.call('SADD', 'QUEUESET', 'big')
         .await
         .expect("SLOWLOG GET");
     assert!(slow.is_empty(), "no command held Redis: {slow:?}");
-    let left: Vec<String> = all_keys(&mut conn)
-        .await
-        .into_iter()
-        .filter(|key| key.starts_with("big:"))
-        .collect();
     assert_eq!(
-        left,
+        keys_starting(&mut conn, "big:").await,
         ["big:UUID"],
         "every message key and every key set aside is gone"
     );
@@ -1208,13 +1203,8 @@ async fn a_purge_left_unfinished_is_finished_by_the_next_one() {
 
     let answer = server.delete("/q/q").await;
     assert_eq!(answer.body, "{\"queue\":\"q\",\"status\":1}\r\n");
-    let left: Vec<String> = all_keys(&mut conn)
-        .await
-        .into_iter()
-        .filter(|key| key.starts_with("q:"))
-        .collect();
     assert_eq!(
-        left,
+        keys_starting(&mut conn, "q:").await,
         ["q:UUID"],
         "the earlier purge's messages are gone too"
     );
