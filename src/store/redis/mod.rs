@@ -463,11 +463,11 @@ fn policy_of(value: Option<String>) -> Option<Policy> {
         .and_then(Policy::from_code)
 }
 
-/// Adds the eight keys every reliable-delivery script takes first.
 /// Message keys a [`scripts::PURGE_STEP`] deletes at most: about a
 /// millisecond of Redis's time.
 const PURGE_SLICE: usize = 1000;
 
+/// Adds the eight keys every reliable-delivery script takes first.
 fn with_keys<'a>(script: &'a redis::Script, keys: &'a QueueKeys) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
     for key in &keys.eight {
