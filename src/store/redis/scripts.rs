@@ -467,7 +467,7 @@ return 0
 
 /// Empties the queue at once: moves its list and sets of message keys aside,
 /// to keys named `<prefix>:purged-<n>-<structure>` (no queue's key ends so),
-/// listed in KEYS[9] for [`PURGE_STEP`] to delete the messages' own keys a
+/// listed in `KEYS[9]` for [`PURGE_STEP`] to delete the messages' own keys a
 /// slice at a time. KEYS: the eight, the list of purges unfinished, the counter
 /// numbering them. ARGV: the prefix. Returns 1 when there were any messages.
 ///
@@ -494,7 +494,7 @@ return existed
     )
 });
 
-/// Deletes up to ARGV[1] message keys (and their refcounts) that [`PURGE`] set
+/// Deletes up to `ARGV[1]` message keys (and their refcounts) that [`PURGE`] set
 /// aside. KEYS: the list of purges unfinished, the counter numbering them.
 /// Returns 1 while some are left. Unfinished purges (restmq stopped midway)
 /// are finished by the queue's next purge.
