@@ -22,13 +22,15 @@ use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::Either;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+
+mod head_timer;
 
 use crate::AppState;
 use crate::adapters::Doors;
@@ -460,7 +462,7 @@ async fn serve<S>(
     // size of hyper's connection state in its task.
     let mut conn = Box::pin(
         http1::Builder::new()
-            .timer(TokioTimer::new())
+            .timer(head_timer::HeadTimer::default())
             .header_read_timeout(state.server.header_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),

@@ -155,6 +155,70 @@ async fn slow_loris_clients_are_dropped_and_others_are_served_meanwhile() {
     );
 }
 
+/// Sends `GET /healthz` on a keep-alive connection and reads its whole answer
+/// (its head says how long the body is); `None` once the server has closed.
+async fn health_on(socket: &mut TcpStream) -> Option<String> {
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(DEADLINE, socket.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .ok()?;
+        if read == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..read]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                return Some(text.into_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_keep_alive_connection_outlives_the_header_timeout_and_an_idle_one_is_closed() {
+    let timeout = Duration::from_secs(1);
+    let server = server_with(|c| c.header_timeout = timeout).await;
+    let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+    // Request after request for three timeouts: each head comes at once, so
+    // none is late, though the connection's first head was awaited long ago.
+    let busy = tokio::time::Instant::now();
+    let mut answered = 0;
+    while busy.elapsed() < 3 * timeout {
+        let answer = health_on(&mut socket)
+            .await
+            .unwrap_or_else(|| panic!("closed after {answered} answers, while busy"));
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        answered += 1;
+    }
+    // Then idle: closed once the next head is a timeout late.
+    let idle = tokio::time::Instant::now();
+    let rest = read_to_close(&mut socket).await;
+    assert_eq!(
+        rest, "",
+        "nothing is sent to an idle connection but its close"
+    );
+    assert!(
+        idle.elapsed() >= timeout / 2,
+        "an idle connection was closed before its header timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_get_503_and_the_server_goes_on() {
     let limit = 6;
