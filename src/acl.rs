@@ -26,6 +26,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use base64::Engine;
@@ -824,6 +825,9 @@ pub fn client_address(
 pub struct Access {
     file: Option<PathBuf>,
     rules: RwLock<Arc<Rules>>,
+    /// Whether `rules` are open: read by every request, so kept where reading
+    /// it takes no lock and writes no shared memory.
+    open: AtomicBool,
     /// Digest of the file's contents behind `rules`.
     read: Mutex<Digest256>,
     trusted: Option<AddressList>,
@@ -862,6 +866,7 @@ impl Access {
         Access {
             file: None,
             rules: RwLock::new(Arc::new(Rules::default())),
+            open: AtomicBool::new(true),
             read: Mutex::new([0; 32]),
             trusted: None,
         }
@@ -889,6 +894,7 @@ impl Access {
                     error,
                 })?;
             access.file = Some(path.to_owned());
+            access.open = AtomicBool::new(rules.is_open());
             access.rules = RwLock::new(Arc::new(rules));
             access.read = Mutex::new(sha256(&text));
         }
@@ -901,6 +907,12 @@ impl Access {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether the rules in force restrict nothing: [`Rules::is_open`] of
+    /// [`Access::rules`], without taking their lock.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
     }
 
     /// The file the rules come from, if any.
@@ -932,7 +944,12 @@ impl Access {
         *read = digest;
         match parse(&String::from_utf8_lossy(&text)) {
             Ok(rules) => {
-                *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+                let mut current = self.rules.write().unwrap_or_else(PoisonError::into_inner);
+                // Under the lock: a request that reads the flag after the
+                // change and then the rules finds the new rules.
+                self.open.store(rules.is_open(), Ordering::Release);
+                *current = Arc::new(rules);
+                drop(current);
                 tracing::info!(path = %path.display(), "ACL file changed: new rules in force");
             }
             Err(error) => {

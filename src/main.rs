@@ -139,7 +139,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fsync = config.fsync,
         "restmq listening on {scheme}://{addr}/"
     );
-    if state.access.rules().is_open() && !addr.ip().is_loopback() {
+    if state.access.is_open() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
             "no --acl: every route is open to anyone who can reach {addr}; see the README's Security section"

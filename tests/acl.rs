@@ -739,12 +739,14 @@ fn a_broken_file_keeps_the_last_good_rules() {
     let access = restmq::acl::Access::load(Some(&file), None).expect("loads");
     let good = access.rules();
     assert!(!good.is_open());
+    assert!(!access.is_open(), "the flag follows the rules loaded");
     std::fs::write(&file, "[rest:producer]\nhosts_alow = all\n").expect("write");
     access.reload();
     assert_eq!(*access.rules(), *good, "a broken file changes nothing");
     std::fs::write(&file, "[rest:producer]\n").expect("write");
     access.reload();
     assert!(access.rules().is_open(), "a good file after it applies");
+    assert!(access.is_open(), "the flag follows the rules reloaded");
     // A broken file at start is an error that names the line.
     std::fs::write(&file, "[rest:producer]\n\nbogus = 1\n").expect("write");
     let refused = restmq::acl::Access::load(Some(&file), None).expect_err("refused");

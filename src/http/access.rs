@@ -212,7 +212,7 @@ fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
 /// handler (in the request's [`Client`]); otherwise, the refusal to answer.
 pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
     // Open rules (the default) skip classifying, which decodes the queue name.
-    let open = state.access.rules().is_open();
+    let open = state.access.is_open();
     let need = if open {
         None
     } else {
