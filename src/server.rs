@@ -10,6 +10,8 @@
 //! waits on anyone. Past `max_connections`, a new connection gets a short 503
 //! and is closed, by a small task of its own.
 
+mod head_timer;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,8 +31,6 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-
-mod head_timer;
 
 use crate::AppState;
 use crate::adapters::Doors;

@@ -1,9 +1,9 @@
 //! The timer hyper waits on while a connection's next request head is due.
 //!
 //! hyper makes a new sleep for every request head it waits for and drops it
-//! once the head is read. With tokio's timer each of them went into the timer
-//! wheel and out again, under the wheel's lock: two lock round trips and a
-//! clock read per request, on every keep-alive connection. Here a connection
+//! once the head is read. Were each a tokio sleep, each would enter tokio's
+//! timer wheel and leave it again, under the wheel's lock: two lock round
+//! trips per request on every keep-alive connection. Instead a connection
 //! keeps one tokio sleep for all its heads. Each head's sleep only records its
 //! deadline; the connection's sleep stays armed at an earlier one and, when
 //! that passes, is moved on to the deadline of the head then awaited. Since
