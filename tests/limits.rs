@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::raw::{self, RawAnswer};
 use common::{DEADLINE, Streaming, TestServer, eventually};
 use restmq::config::Config;
 use serde_json::Value;
@@ -155,9 +156,9 @@ async fn slow_loris_clients_are_dropped_and_others_are_served_meanwhile() {
     );
 }
 
-/// Sends `GET /healthz` on a keep-alive connection and reads its whole answer
-/// (its head says how long the body is); `None` once the server has closed.
-async fn health_on(socket: &mut TcpStream) -> Option<String> {
+/// Sends `GET /healthz` on a keep-alive connection and reads its whole answer;
+/// `None` once the server has closed.
+async fn health_on(socket: &mut TcpStream) -> Option<RawAnswer> {
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -173,19 +174,8 @@ async fn health_on(socket: &mut TcpStream) -> Option<String> {
             return None;
         }
         answer.extend_from_slice(&buf[..read]);
-        let text = String::from_utf8_lossy(&answer);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .expect("a content-length");
-            if body.len() >= length {
-                return Some(text.into_owned());
-            }
+        if let Some(whole) = raw::parse(&answer, false) {
+            return Some(whole);
         }
     }
 }
@@ -203,7 +193,7 @@ async fn a_busy_keep_alive_connection_outlives_the_header_timeout_and_an_idle_on
         let answer = health_on(&mut socket)
             .await
             .unwrap_or_else(|| panic!("closed after {answered} answers, while busy"));
-        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert_eq!(answer.status, 200, "{}", answer.text());
         answered += 1;
     }
     // Then idle: closed once the next head is a timeout late.
