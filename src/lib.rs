@@ -18,6 +18,7 @@ mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+mod json;
 pub mod metrics;
 mod progress;
 pub mod server;

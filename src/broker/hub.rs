@@ -118,7 +118,9 @@ pub struct Streamed {
 impl Streamed {
     fn new(queue: &QueueName, message: &Message) -> Streamed {
         let key = queue.key(message.id);
-        let json = serde_json::json!({ "key": key, "value": message.value }).to_string();
+        let mut json = String::with_capacity(key.len() + message.value.len() + 32);
+        crate::json::open_message(&mut json, &key, &message.value);
+        json.push('}');
         Streamed {
             id: message.id,
             key,

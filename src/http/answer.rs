@@ -37,9 +37,16 @@ pub fn text_line(text: &str, callback: Option<&Callback>) -> Response {
 
 /// A JSON answer of `/`, `/q` and `/p`: JSON + CRLF, or `cb(JSON);` + CRLF.
 pub fn json_line<T: Serialize + ?Sized>(value: &T, callback: Option<&Callback>) -> Response {
-    let json = to_json(value);
+    written_json_line(to_json(value), callback)
+}
+
+/// As [`json_line`], with the JSON already written.
+pub fn written_json_line(mut json: String, callback: Option<&Callback>) -> Response {
     match callback {
-        None => with_type(JSON, json + "\r\n"),
+        None => {
+            json.push_str("\r\n");
+            with_type(JSON, json)
+        }
         Some(cb) => jsonp(cb, &json, ";\r\n"),
     }
 }

@@ -2,7 +2,7 @@
 //! and `/j/<q>`, with the original's parameters and answer shapes.
 
 use std::collections::BTreeMap;
-
+use std::fmt::Write;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::access::{self, Granted};
-use super::answer::{self, control, json_line, text_line};
+use super::answer::{self, control, json_line, text_line, written_json_line};
 use super::params::{Params, Queue, wants_json};
 use super::ui;
 use crate::AppState;
@@ -152,13 +152,58 @@ const MAX_BATCH: u64 = 1000;
 
 /// A message taken by a GET: `{"key","value","count"}`, with `"receipt"` when
 /// received with a visibility timeout (then `count` is the deliveries so far).
-#[derive(Serialize)]
 struct Taken {
     key: String,
     value: String,
     count: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     receipt: Option<String>,
+}
+
+impl Taken {
+    /// Room for the JSON form besides the key and value.
+    const FRAME: usize = 64;
+
+    /// Appends its JSON form to `out`.
+    fn write(&self, out: &mut String) {
+        crate::json::open_message(out, &self.key, &self.value);
+        // A plain pop's count is 0: no formatting for it.
+        if self.count == 0 {
+            out.push_str(",\"count\":0");
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, ",\"count\":{}", self.count);
+        }
+        if let Some(receipt) = &self.receipt {
+            out.push_str(",\"receipt\":");
+            crate::json::push_str(out, receipt);
+        }
+        out.push('}');
+    }
+
+    /// The JSON form of one taken message, with room left for the line's end.
+    fn one(&self) -> String {
+        let mut out = String::with_capacity(self.key.len() + self.value.len() + Self::FRAME);
+        self.write(&mut out);
+        out
+    }
+
+    /// The JSON array of `taken`.
+    fn array(taken: &[Taken]) -> String {
+        let size = taken
+            .iter()
+            .map(|t| t.key.len() + t.value.len() + Self::FRAME)
+            .sum::<usize>();
+        let mut out = String::with_capacity(size + 4);
+        out.push('[');
+        for (i, one) in taken.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            one.write(&mut out);
+        }
+        out.push(']');
+        out
+    }
 }
 
 /// `GET /q/<q>`: pops the head of the queue; 204 when it is empty. With
@@ -226,10 +271,10 @@ pub async fn queue_pop(
         take().await?
     };
     if max.is_some() {
-        return Ok(json_line(&taken, callback.as_ref()));
+        return Ok(written_json_line(Taken::array(&taken), callback.as_ref()));
     }
     match taken.first() {
-        Some(one) => Ok(json_line(one, callback.as_ref())),
+        Some(one) => Ok(written_json_line(one.one(), callback.as_ref())),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
