@@ -251,6 +251,46 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
+    /// As [`Batch::removed`] for messages taken together, `ids` in key order:
+    /// the queue's length changes once, and the tables of peeks and deliveries
+    /// are searched message by message only when they hold one in the run.
+    fn removed_run(&mut self, queue: &str, qid: u64, ids: &[u64]) -> Result<(), StoreError> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(());
+        };
+        let run = (qid, first)..=(qid, last);
+        if self
+            .peeks
+            .range(run.clone())
+            .map_err(db_error)?
+            .next()
+            .is_some()
+        {
+            for &id in ids {
+                self.peeks.remove((qid, id)).map_err(db_error)?;
+            }
+        }
+        if self
+            .deliveries
+            .range(run)
+            .map_err(db_error)?
+            .next()
+            .is_some()
+        {
+            for &id in ids {
+                self.deliveries.remove((qid, id)).map_err(db_error)?;
+            }
+        }
+        let taken = ids.len() as u64;
+        self.touch(queue, |meta| {
+            meta.info.len = meta.info.len.saturating_sub(taken)
+        });
+        for &id in ids {
+            Op::Remove { queue, id }.encode(&mut self.log);
+        }
+        Ok(())
+    }
+
     fn remove_all(&mut self, queue: &str) -> Result<(), StoreError> {
         let Some(qid) = self.qid(queue) else {
             return Ok(());
@@ -610,9 +650,7 @@ impl<'t> Batch<'t> {
             }
             head.close().map_err(db_error)?;
         }
-        for id in taken {
-            self.removed(queue, qid, id)?;
-        }
+        self.removed_run(queue, qid, &taken)?;
         Ok(out)
     }
 

@@ -993,6 +993,54 @@ fn refuse_all(rx: &mut mpsc::Receiver<Msg>, failure: &StoreError) -> Stop {
 mod tests {
     use super::*;
 
+    fn message(value: &str) -> NewMessage {
+        NewMessage {
+            value: value.to_owned(),
+            ttl: None,
+            delay: None,
+        }
+    }
+
+    /// Messages taken together forget their peeks and deliveries as messages
+    /// taken one by one do: put back, they count from the start again.
+    #[tokio::test]
+    async fn a_run_of_pops_forgets_peeks_and_deliveries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(
+            dir.path(),
+            EmbeddedOptions::default(),
+            Arc::new(super::super::SystemClock),
+        )
+        .expect("open");
+        let ids = store
+            .publish("q", vec![message("a"), message("b"), message("c")])
+            .await
+            .expect("publish");
+        let received = store.receive("q", 1, 60_000).await.expect("receive");
+        assert_eq!(received[0].delivery, 1);
+        let nacked = store.nack("q", ids[0], 1, 0).await.expect("nack");
+        assert!(nacked, "back in the queue");
+        let (peeked, peeks) = store.peek("q").await.expect("peek").expect("a head");
+        assert_eq!((peeked.id, peeks), (ids[0], 1));
+
+        let popped = store.pop_many("q", 3).await.expect("pop");
+        assert_eq!(popped.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        store
+            .restore("q", popped[..1].to_vec())
+            .await
+            .expect("restore");
+
+        let (_, peeks) = store.peek("q").await.expect("peek").expect("put back");
+        assert_eq!(peeks, 1, "peeks count again from the start");
+        let received = store.receive("q", 1, 60_000).await.expect("receive");
+        assert_eq!(received[0].message.id, ids[0]);
+        assert_eq!(
+            received[0].delivery, 1,
+            "deliveries count again from the start"
+        );
+        store.close().await.expect("close");
+    }
+
     /// Lone requests keep the default class; batches of several jobs on
     /// average move the writer to yielding, and back once they shrink.
     #[test]
