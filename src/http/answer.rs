@@ -1,6 +1,7 @@
 //! The answer shapes of the legacy contract: CRLF-ended lines, and the JSONP
 //! variants each route family used in the original.
 
+use axum::body::Body;
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,9 @@ const JAVASCRIPT: &str = "application/javascript";
 const HTML: &str = "text/html; charset=UTF-8";
 
 fn with_type(content_type: &'static str, body: String) -> Response {
-    ([(CONTENT_TYPE, content_type)], body).into_response()
+    // A Body, not the String: axum gives a String a text/plain type first,
+    // which this one would then replace (two header writes for one).
+    ([(CONTENT_TYPE, content_type)], Body::from(body)).into_response()
 }
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
