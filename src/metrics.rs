@@ -126,6 +126,89 @@ impl<T: Default, H: BuildHasher> Family<T, H> {
     }
 }
 
+/// The store operations timed, each with its histogram: a fixed set, so
+/// timing one is an index into an array, with no lock and no lookup. Each
+/// is the [`crate::store::Store`] method of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Ack,
+    Config,
+    Delete,
+    Extend,
+    Latest,
+    Nack,
+    NextDue,
+    Peek,
+    Ping,
+    Pop,
+    Publish,
+    Purge,
+    Queue,
+    Queues,
+    Receive,
+    Redrive,
+    Restore,
+    SetConfig,
+    SetPolicy,
+    SetStatus,
+    Share,
+}
+
+impl StoreOp {
+    /// Every operation, in the order of their names (the order `/metrics`
+    /// lists them in).
+    const ALL: [StoreOp; 21] = [
+        StoreOp::Ack,
+        StoreOp::Config,
+        StoreOp::Delete,
+        StoreOp::Extend,
+        StoreOp::Latest,
+        StoreOp::Nack,
+        StoreOp::NextDue,
+        StoreOp::Peek,
+        StoreOp::Ping,
+        StoreOp::Pop,
+        StoreOp::Publish,
+        StoreOp::Purge,
+        StoreOp::Queue,
+        StoreOp::Queues,
+        StoreOp::Receive,
+        StoreOp::Redrive,
+        StoreOp::Restore,
+        StoreOp::SetConfig,
+        StoreOp::SetPolicy,
+        StoreOp::SetStatus,
+        StoreOp::Share,
+    ];
+
+    /// The operation's label in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::Ack => "ack",
+            StoreOp::Config => "config",
+            StoreOp::Delete => "delete",
+            StoreOp::Extend => "extend",
+            StoreOp::Latest => "latest",
+            StoreOp::Nack => "nack",
+            StoreOp::NextDue => "next_due",
+            StoreOp::Peek => "peek",
+            StoreOp::Ping => "ping",
+            StoreOp::Pop => "pop",
+            StoreOp::Publish => "publish",
+            StoreOp::Purge => "purge",
+            StoreOp::Queue => "queue",
+            StoreOp::Queues => "queues",
+            StoreOp::Receive => "receive",
+            StoreOp::Redrive => "redrive",
+            StoreOp::Restore => "restore",
+            StoreOp::SetConfig => "set_config",
+            StoreOp::SetPolicy => "set_policy",
+            StoreOp::SetStatus => "set_status",
+            StoreOp::Share => "share",
+        }
+    }
+}
+
 /// Every metric of a server. Cheap to share.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -133,8 +216,8 @@ pub struct Metrics {
     queues: Family<QueueCounters>,
     /// By route: the router's pattern, so the set stays small and ours.
     http: Family<RouteLatency, Fnv>,
-    /// By store operation, a set of our own names.
-    store: Family<Histogram, Fnv>,
+    /// By store operation, indexed by [`StoreOp`].
+    store: [Histogram; StoreOp::ALL.len()],
 }
 
 /// FNV-1a, for the labels restmq chooses itself (routes, operations): a few
@@ -195,9 +278,8 @@ impl Metrics {
     }
 
     /// Counts a store operation.
-    pub fn store(&self, operation: &str, elapsed: Duration) {
-        self.store
-            .with(operation, |histogram| histogram.observe(elapsed));
+    pub fn store(&self, operation: StoreOp, elapsed: Duration) {
+        self.store[operation as usize].observe(elapsed);
     }
 
     /// The Prometheus text exposition of every metric, with `gauges` read from
@@ -292,9 +374,12 @@ impl Metrics {
             out,
             "# HELP {name} Time a store operation took.\n# TYPE {name} histogram"
         );
-        for (operation, histogram) in self.store.sorted() {
-            let labels = format!("operation=\"{}\"", escape(&operation));
-            histogram.render(&mut out, name, &labels);
+        for (operation, histogram) in StoreOp::ALL.iter().zip(&self.store) {
+            // Operations never run are left out, as before their first use.
+            if histogram.count.load(Ordering::Relaxed) > 0 {
+                let labels = format!("operation=\"{}\"", operation.name());
+                histogram.render(&mut out, name, &labels);
+            }
         }
         out
     }
@@ -322,9 +407,9 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
         let metrics = Metrics::default();
-        metrics.store("pop", Duration::from_micros(90));
-        metrics.store("pop", Duration::from_micros(2_000));
-        metrics.store("pop", Duration::from_secs(20));
+        metrics.store(StoreOp::Pop, Duration::from_micros(90));
+        metrics.store(StoreOp::Pop, Duration::from_micros(2_000));
+        metrics.store(StoreOp::Pop, Duration::from_secs(20));
         metrics.count("a \"b\"\n", |counters| {
             counters.published.fetch_add(2, Ordering::Relaxed);
         });

@@ -11,7 +11,7 @@ use super::{
     Message, NewMessage, Policy, QueueConfig, QueueInfo, Received, Status, Store, StoreEvent,
     StoreFuture,
 };
-use crate::metrics::{Metrics, QueueCounters};
+use crate::metrics::{Metrics, QueueCounters, StoreOp};
 
 /// `inner`, measured into `metrics`.
 pub struct MeteredStore {
@@ -29,7 +29,7 @@ impl MeteredStore {
     /// to the counters of `queue`.
     fn timed<'a, T: Send + 'a>(
         &'a self,
-        operation: &'static str,
+        operation: StoreOp,
         queue: &'a str,
         future: StoreFuture<'a, T>,
         count: impl FnOnce(&T) -> Tally + Send + 'a,
@@ -52,7 +52,7 @@ impl MeteredStore {
     /// Times `operation`, counting nothing.
     fn just_timed<'a, T: Send + 'a>(
         &'a self,
-        operation: &'static str,
+        operation: StoreOp,
         future: StoreFuture<'a, T>,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {
@@ -100,7 +100,7 @@ impl Store for MeteredStore {
         messages: Vec<NewMessage>,
     ) -> StoreFuture<'a, Vec<u64>> {
         let inner = self.inner.publish(queue, messages);
-        self.timed("publish", queue, inner, |ids| Tally {
+        self.timed(StoreOp::Publish, queue, inner, |ids| Tally {
             published: ids.len(),
             ..Tally::default()
         })
@@ -108,7 +108,7 @@ impl Store for MeteredStore {
 
     fn pop<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<Message>> {
         let inner = self.inner.pop(queue);
-        self.timed("pop", queue, inner, |popped| Tally {
+        self.timed(StoreOp::Pop, queue, inner, |popped| Tally {
             consumed: usize::from(popped.is_some()),
             ..Tally::default()
         })
@@ -116,7 +116,7 @@ impl Store for MeteredStore {
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
         let inner = self.inner.pop_many(queue, max);
-        self.timed("pop", queue, inner, |popped| Tally {
+        self.timed(StoreOp::Pop, queue, inner, |popped| Tally {
             consumed: popped.len(),
             ..Tally::default()
         })
@@ -125,7 +125,7 @@ impl Store for MeteredStore {
     fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
         let returned = messages.len();
         let inner = self.inner.restore(queue, messages);
-        self.timed("restore", queue, inner, move |()| Tally {
+        self.timed(StoreOp::Restore, queue, inner, move |()| Tally {
             returned,
             ..Tally::default()
         })
@@ -138,7 +138,7 @@ impl Store for MeteredStore {
         visibility_ms: u64,
     ) -> StoreFuture<'a, Vec<Received>> {
         let inner = self.inner.receive(queue, max, visibility_ms);
-        self.timed("receive", queue, inner, |received| Tally {
+        self.timed(StoreOp::Receive, queue, inner, |received| Tally {
             consumed: received.len(),
             redelivered: received.iter().filter(|r| r.delivery > 1).count(),
             ..Tally::default()
@@ -153,7 +153,7 @@ impl Store for MeteredStore {
         let asked = receipts.len();
         let inner = self.inner.ack(queue, receipts);
         // All or none: with any receipt stale, nothing was acknowledged.
-        self.timed("ack", queue, inner, move |stale| Tally {
+        self.timed(StoreOp::Ack, queue, inner, move |stale| Tally {
             acked: if stale.is_empty() { asked } else { 0 },
             ..Tally::default()
         })
@@ -166,7 +166,10 @@ impl Store for MeteredStore {
         delivery: u32,
         delay_ms: u64,
     ) -> StoreFuture<'a, bool> {
-        self.just_timed("nack", self.inner.nack(queue, id, delivery, delay_ms))
+        self.just_timed(
+            StoreOp::Nack,
+            self.inner.nack(queue, id, delivery, delay_ms),
+        )
     }
 
     fn extend<'a>(
@@ -177,57 +180,57 @@ impl Store for MeteredStore {
         visibility_ms: u64,
     ) -> StoreFuture<'a, bool> {
         self.just_timed(
-            "extend",
+            StoreOp::Extend,
             self.inner.extend(queue, id, delivery, visibility_ms),
         )
     }
 
     fn next_due<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<u64>> {
-        self.just_timed("next_due", self.inner.next_due(queue))
+        self.just_timed(StoreOp::NextDue, self.inner.next_due(queue))
     }
 
     fn config<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, QueueConfig> {
-        self.just_timed("config", self.inner.config(queue))
+        self.just_timed(StoreOp::Config, self.inner.config(queue))
     }
 
     fn set_config<'a>(&'a self, queue: &'a str, config: QueueConfig) -> StoreFuture<'a, ()> {
-        self.just_timed("set_config", self.inner.set_config(queue, config))
+        self.just_timed(StoreOp::SetConfig, self.inner.set_config(queue, config))
     }
 
     fn redrive<'a>(&'a self, from: &'a str, to: &'a str) -> StoreFuture<'a, u64> {
-        self.just_timed("redrive", self.inner.redrive(from, to))
+        self.just_timed(StoreOp::Redrive, self.inner.redrive(from, to))
     }
 
     fn peek<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<(Message, u64)>> {
-        self.just_timed("peek", self.inner.peek(queue))
+        self.just_timed(StoreOp::Peek, self.inner.peek(queue))
     }
 
     fn delete<'a>(&'a self, queue: &'a str, id: u64) -> StoreFuture<'a, bool> {
-        self.just_timed("delete", self.inner.delete(queue, id))
+        self.just_timed(StoreOp::Delete, self.inner.delete(queue, id))
     }
 
     fn purge<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, bool> {
-        self.just_timed("purge", self.inner.purge(queue))
+        self.just_timed(StoreOp::Purge, self.inner.purge(queue))
     }
 
     fn set_policy<'a>(&'a self, queue: &'a str, policy: Policy) -> StoreFuture<'a, ()> {
-        self.just_timed("set_policy", self.inner.set_policy(queue, policy))
+        self.just_timed(StoreOp::SetPolicy, self.inner.set_policy(queue, policy))
     }
 
     fn set_status<'a>(&'a self, queue: &'a str, status: Status) -> StoreFuture<'a, ()> {
-        self.just_timed("set_status", self.inner.set_status(queue, status))
+        self.just_timed(StoreOp::SetStatus, self.inner.set_status(queue, status))
     }
 
     fn queue<'a>(&'a self, queue: &'a str) -> StoreFuture<'a, Option<QueueInfo>> {
-        self.just_timed("queue", self.inner.queue(queue))
+        self.just_timed(StoreOp::Queue, self.inner.queue(queue))
     }
 
     fn queues(&self) -> StoreFuture<'_, Vec<(String, QueueInfo)>> {
-        self.just_timed("queues", self.inner.queues())
+        self.just_timed(StoreOp::Queues, self.inner.queues())
     }
 
     fn latest<'a>(&'a self, queue: &'a str, count: usize) -> StoreFuture<'a, Vec<Message>> {
-        self.just_timed("latest", self.inner.latest(queue, count))
+        self.just_timed(StoreOp::Latest, self.inner.latest(queue, count))
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {
@@ -239,7 +242,7 @@ impl Store for MeteredStore {
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
-        self.just_timed("ping", self.inner.ping())
+        self.just_timed(StoreOp::Ping, self.inner.ping())
     }
 
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
@@ -251,6 +254,6 @@ impl Store for MeteredStore {
     }
 
     fn share<'a>(&'a self, queue: &'a str, messages: &'a [Message]) -> StoreFuture<'a, ()> {
-        self.just_timed("share", self.inner.share(queue, messages))
+        self.just_timed(StoreOp::Share, self.inner.share(queue, messages))
     }
 }
