@@ -404,6 +404,19 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Each operation's histogram is the one `/metrics` labels with its name,
+    /// listed in the order of the names.
+    #[test]
+    fn store_operations_index_their_own_histograms_in_name_order() {
+        for (i, operation) in StoreOp::ALL.iter().enumerate() {
+            assert_eq!(*operation as usize, i, "{operation:?}");
+        }
+        let names: Vec<&str> = StoreOp::ALL.iter().map(|op| op.name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+    }
+
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
         let metrics = Metrics::default();
