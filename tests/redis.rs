@@ -43,11 +43,7 @@ async fn fresh_database() -> String {
 
 /// A direct connection to Redis, as another client of the same data.
 async fn connect(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("a valid Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis directly")
+    redis_servers::direct(url).await
 }
 
 /// A restmq server on the Redis servers at `urls` (one: a single server; more:

@@ -272,14 +272,27 @@ pub fn cluster() -> Vec<String> {
     fleet.servers.iter().map(|s| s.url(0)).collect()
 }
 
+/// A test's own connection to the Redis server at `url`, to set up or check
+/// its data behind restmq's back.
+///
+/// The client's default response timeout (500 ms) is shorter than what a
+/// fixture's bulk script can take on a loaded machine; this one waits as long
+/// as the tests' deadline.
+pub async fn direct(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(super::DEADLINE))
+        .set_response_timeout(Some(super::DEADLINE));
+    redis::Client::open(url)
+        .expect("a valid Redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to Redis directly")
+}
+
 /// Empties every node of the shared cluster (its tests take turns).
 pub async fn flush_cluster() {
     for url in cluster() {
-        let client = redis::Client::open(url.as_str()).expect("a cluster node URL");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to a cluster node");
+        let mut conn = direct(&url).await;
         redis::cmd("FLUSHALL")
             .query_async::<()>(&mut conn)
             .await
