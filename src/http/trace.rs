@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -67,11 +68,11 @@ pub struct FrontService<S> {
 impl<S> Service<Request> for FrontService<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
+    S::Future: Unpin,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Fronted<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -89,21 +90,68 @@ where
         let route = request.extensions().get::<MatchedPath>().cloned();
         let started = Instant::now();
         let admitted = span.in_scope(|| super::access::admit(&self.state, &mut request));
-        let routed = admitted.map(|()| self.inner.call(request));
-        let state = self.state.clone();
-        Box::pin(async move {
-            let response = match routed {
-                Ok(routed) => match routed.instrument(span.clone()).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
-                Err(refused) => refused.into_response(),
-            };
-            let elapsed = started.elapsed();
-            let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-            answered(&state, &span, method.as_str(), route, &response, elapsed);
-            Ok(response)
-        })
+        let answer = match admitted {
+            Ok(()) => Answer::Routed(self.inner.call(request).instrument(span.clone())),
+            Err(refused) => Answer::Refused(Some(refused.into_response())),
+        };
+        Fronted {
+            answer,
+            state: self.state.clone(),
+            span,
+            method,
+            route,
+            started,
+        }
+    }
+}
+
+/// The answer to a request behind [`Front`], timed when it is ready. A
+/// future of its own rather than an async block, which would be boxed once
+/// more on top of the box the router puts every route's future in.
+pub struct Fronted<F> {
+    answer: Answer<F>,
+    state: AppState,
+    span: tracing::Span,
+    method: Method,
+    route: Option<MatchedPath>,
+    started: Instant,
+}
+
+enum Answer<F> {
+    /// Let in: the route's answer, in the request's span.
+    Routed(tracing::instrument::Instrumented<F>),
+    /// Refused by the access check; taken once answered.
+    Refused(Option<Response>),
+}
+
+impl<F> Future for Fronted<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = match &mut this.answer {
+            Answer::Routed(routed) => match std::task::ready!(Pin::new(routed).poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            Answer::Refused(refused) => refused
+                .take()
+                .expect("a refused request's answer is polled once"),
+        };
+        let elapsed = this.started.elapsed();
+        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        answered(
+            &this.state,
+            &this.span,
+            this.method.as_str(),
+            route,
+            &response,
+            elapsed,
+        );
+        Poll::Ready(Ok(response))
     }
 }
 
