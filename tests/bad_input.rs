@@ -902,3 +902,55 @@ async fn the_largest_numbers_are_taken_without_overflowing(backend: common::Back
 }
 
 conformance!(the_largest_numbers_are_taken_without_overflowing);
+
+/// A chunked `POST /q/<q>` whose pieces are each `piece_len` bytes of a form
+/// body `value=` followed by `value_len` letters, sent whole.
+fn chunked_publish(queue: &str, value_len: usize, piece_len: usize) -> Vec<u8> {
+    let body = format!("value={}", "v".repeat(value_len));
+    let mut request = format!(
+        "POST /q/{queue} HTTP/1.1\r\nhost: restmq.test\r\n\
+         content-type: application/x-www-form-urlencoded\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.as_bytes().chunks(piece_len) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_many_pieces_is_read_whole_and_refused_past_the_limit() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = Config::new(dir.path());
+    config.max_body = MAX_BODY;
+    let server = TestServer::start_with(config, Some(dir)).await;
+
+    // Just under the limit, in pieces of 100 bytes: each one a frame of its own.
+    let fits = MAX_BODY - "value=".len();
+    let answer = raw::exchange(server.addr, &chunked_publish("pieces", fits, 100), false).await;
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "pieces:1\r\n".to_owned())
+    );
+    let popped = server.get("/q/pieces").await.json();
+    assert_eq!(popped["value"], "v".repeat(fits), "every piece, in order");
+
+    // One byte past it: refused, with no length announced beforehand.
+    let answer = raw::exchange(
+        server.addr,
+        &chunked_publish("pieces", fits + 1, 100),
+        false,
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert!(answer.is_json_error(), "{}", answer.text());
+    assert_eq!(
+        server.get("/q/pieces").await.status,
+        204,
+        "nothing was published"
+    );
+}

@@ -9,6 +9,8 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use percent_encoding::percent_decode;
 
 use crate::AppState;
@@ -70,11 +72,11 @@ pub async fn body(body: axum::body::Body, state: &AppState) -> Result<Bytes, Err
     if axum::body::HttpBody::is_end_stream(&body) {
         return Ok(Bytes::new());
     }
-    let mut whole = std::pin::pin!(axum::body::to_bytes(body, state.max_body));
+    let mut whole = std::pin::pin!(whole(body, state.max_body));
     // A small body mostly comes in with the request's head: read at once, it
     // needs no timer either.
     let at_once = std::future::poll_fn(|cx| Poll::Ready(whole.as_mut().poll(cx))).await;
-    let read = match at_once {
+    match at_once {
         Poll::Ready(read) => read,
         // Bounded in time, so that a client trickling its body cannot hold the
         // request (and its connection) for ever.
@@ -86,17 +88,38 @@ pub async fn body(body: axum::body::Body, state: &AppState) -> Result<Bytes, Err
                     seconds: limit.as_secs_f64(),
                 })?
         }
-    };
-    read.map_err(|error| {
-        let error = error.into_inner();
-        if error.is::<http_body_util::LengthLimitError>() {
-            Error::BodyTooLarge {
-                limit: state.max_body,
-            }
-        } else {
-            Error::BadBody(error.to_string())
+    }
+}
+
+/// Reads `body` whole, refusing it once it passes `limit` bytes. A body that
+/// comes in one piece (most do) is that piece, neither copied nor queued:
+/// axum's `to_bytes` collects every body through a queue of its pieces.
+async fn whole(mut body: axum::body::Body, limit: usize) -> Result<Bytes, Error> {
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut length = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| Error::BadBody(error.into_inner().to_string()))?;
+        // Trailers carry no data.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        length = length.saturating_add(data.len());
+        if length > limit {
+            return Err(Error::BodyTooLarge { limit });
         }
-    })
+        match &mut more {
+            Some(more) => more.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut joined = BytesMut::with_capacity(length);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 impl Params {
