@@ -24,8 +24,8 @@ static GLOBAL: Mimalloc = Mimalloc;
 /// path only serves sizes up to 1 KiB whose free block happens to fall on the
 /// alignment; anything else (hyper's read buffers, the boxed route futures)
 /// took the over-allocating path, ~200 instructions and four times per
-/// request. `mi_malloc` returns blocks aligned to at least a word, and to the
-/// alignment of any layout no larger than its size up to that.
+/// request. `mi_malloc` aligns every block to a word at least, which serves
+/// any layout asking for no more than that (and no more than its size).
 struct Mimalloc;
 
 impl Mimalloc {
