@@ -41,11 +41,6 @@ async fn fresh_database() -> String {
     urls.pop().expect("the URL of the shared server")
 }
 
-/// A direct connection to Redis, as another client of the same data.
-async fn connect(url: &str) -> MultiplexedConnection {
-    redis_servers::direct(url).await
-}
-
 /// A restmq server on the Redis servers at `urls` (one: a single server; more:
 /// a ring).
 async fn restmq_on(urls: Vec<String>) -> TestServer {
@@ -197,7 +192,7 @@ async fn restmq_serves_what_the_original_wrote() {
         return;
     }
     let url = fresh_database().await;
-    let mut conn = connect(&url).await;
+    let mut conn = redis_servers::direct(&url).await;
 
     assert_eq!(
         legacy_publish(&mut conn, "old", "first", None).await,
@@ -303,7 +298,7 @@ async fn the_original_reads_what_restmq_wrote() {
     assert_eq!(answer.body, "new:2\r\n");
     assert_eq!(server.publish("new", "three").await, "new:3");
 
-    let mut conn = connect(&url).await;
+    let mut conn = redis_servers::direct(&url).await;
     let member: u64 = redis::cmd("SISMEMBER")
         .arg("QUEUESET")
         .arg("new")
@@ -377,7 +372,7 @@ async fn wait_subscribed(url: &str, servers: i64) {
         format!("restmq:{db}:changed"),
         format!("restmq:{db}:streamed"),
     ];
-    let conn = connect(url).await;
+    let conn = redis_servers::direct(url).await;
     eventually("every server listening to the announcements", || {
         let mut conn = conn.clone();
         let channels = channels.clone();
@@ -849,7 +844,7 @@ async fn a_ring_gains_a_server_under_load_without_losing_a_message() {
     // messages both on a server of the first ring and on the fourth.
     let mut conns = Vec::new();
     for url in &urls {
-        conns.push(connect(url).await);
+        conns.push(redis_servers::direct(url).await);
     }
     // Queue -> the keys waiting on the servers of the first ring.
     let mut split: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -1109,7 +1104,7 @@ async fn purging_a_queue_of_a_million_messages_succeeds_and_deletes_them_all() {
     // every command that held it for 200 ms or more.
     let redis = own_redis(&["--slowlog-log-slower-than", "200000"]).await;
     let url = redis.url(0);
-    let mut conn = connect(&url).await;
+    let mut conn = redis_servers::direct(&url).await;
     // The original's layout, written in slices of 100,000 per script.
     let fill = redis::Script::new(
         r"
@@ -1171,7 +1166,7 @@ async fn a_purge_left_unfinished_is_finished_by_the_next_one() {
         return;
     }
     let url = fresh_database().await;
-    let mut conn = connect(&url).await;
+    let mut conn = redis_servers::direct(&url).await;
     let server = restmq_on(vec![url.clone()]).await;
     for value in ["a", "b", "c"] {
         server.publish("q", value).await;
