@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::AppState;
 use crate::adapters::Doors;
 use crate::error::Error;
+use crate::http::direct::{self, Direct};
 use crate::http::stream;
 
 /// How long shutdown waits for streams and connections to finish.
@@ -227,14 +228,12 @@ pub async fn run_with(
 }
 
 /// Accepts HTTP connections on `listener` for `router` until shutdown begins.
-/// With `direct_streams`, a connection whose first request opens a COMET or
-/// SSE stream is answered on the socket directly (the main port); without,
-/// everything goes through the router (the SQS port).
-pub async fn accept(listener: TcpListener, router: Router, direct_streams: bool, serving: Serving) {
-    let site = Site {
-        router,
-        direct_streams,
-    };
+/// With `direct` (the main port), a connection whose first request opens a
+/// COMET or SSE stream is answered on the socket directly, and the routes of
+/// [`crate::http::direct`] skip the router; without (the SQS port),
+/// everything goes through the router.
+pub async fn accept(listener: TcpListener, router: Router, direct: bool, serving: Serving) {
+    let site = Site { router, direct };
     let settings = serving.state.server.clone();
     let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
     let state = serving.state.clone();
@@ -359,9 +358,10 @@ async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, erro
 #[derive(Clone)]
 struct Site {
     router: Router,
-    /// Whether a first request opening a COMET or SSE stream is answered on
-    /// the socket directly.
-    direct_streams: bool,
+    /// Whether this is the main site: a first request opening a COMET or SSE
+    /// stream is answered on the socket directly, and the routes of
+    /// [`crate::http::direct`] skip the router.
+    direct: bool,
 }
 
 /// The task serving a connection. Not an async fn: its future is the serving
@@ -448,22 +448,24 @@ async fn serve<S>(
         Ok(Some(first)) => first,
         Ok(None) | Err(_) => return,
     };
-    let opens_stream = site.direct_streams && stream::opens_stream(&first);
+    let opens_stream = site.direct && stream::opens_stream(&first);
     let io = Rewind::new(first, io);
     if opens_stream {
         return stream::serve_raw(io, peer, deadline, state).await;
     }
     // Handlers learn the peer's address from the request's `access::Client`.
+    let header_timeout = state.server.header_timeout;
     let service = TowerToHyperService::new(WithPeer {
         router: site.router,
         peer,
+        direct: site.direct.then_some(state),
     });
     // Boxed, so that a connection on the direct path above does not carry the
     // size of hyper's connection state in its task.
     let mut conn = Box::pin(
         http1::Builder::new()
             .timer(head_timer::HeadTimer::default())
-            .header_read_timeout(state.server.header_timeout)
+            .header_read_timeout(header_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades(),
     );
@@ -559,18 +561,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// The router, adding the peer's address to every request it serves.
+/// The router, adding the peer's address to every request it serves; on the
+/// main site, the routes of [`crate::http::direct`] skip it.
 #[derive(Clone)]
 struct WithPeer {
     router: Router,
     peer: SocketAddr,
+    /// Set on the main site: the state the direct routes answer with.
+    direct: Option<AppState>,
 }
 
 impl tower_service::Service<axum::extract::Request<hyper::body::Incoming>> for WithPeer {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future =
-        <Router as tower_service::Service<axum::extract::Request<hyper::body::Incoming>>>::Future;
+    type Future = Either<
+        <Router as tower_service::Service<axum::extract::Request<hyper::body::Incoming>>>::Future,
+        crate::http::trace::Fronted<direct::Answered>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -586,6 +593,12 @@ impl tower_service::Service<axum::extract::Request<hyper::body::Incoming>> for W
         request
             .extensions_mut()
             .insert(crate::http::access::Client::at(self.peer));
-        self.router.call(request)
+        if let Some(state) = &self.direct {
+            if let Some(route) = Direct::of(request.method(), request.uri().path()) {
+                let request = request.map(axum::body::Body::new);
+                return Either::Right(direct::serve(state, request, route));
+            }
+        }
+        Either::Left(self.router.call(request))
     }
 }

@@ -623,3 +623,125 @@ conformance!(
     the_default_body_limit_is_one_mebibyte,
     wrong_methods_get_405_and_unknown_routes_404_in_json,
 );
+
+/// The router alone, as `restmq::app` makes it, serving `config`'s store on a
+/// free port: what restmq's own server answers without its direct routes.
+struct RouterOnly {
+    addr: std::net::SocketAddr,
+    state: restmq::AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl RouterOnly {
+    async fn start(config: &restmq::config::Config) -> RouterOnly {
+        let state = restmq::open(config).await.expect("open the store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = restmq::app(state.clone());
+        let served = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the router serves");
+        });
+        RouterOnly {
+            addr,
+            state,
+            stop,
+            served,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.expect("the router stops");
+        self.state.broker.close().await.expect("close the store");
+    }
+}
+
+/// A request by its method, target, header lines and body.
+type Case<'a> = (&'a str, &'a [u8], &'a [&'a [u8]], &'a [u8]);
+
+/// restmq's server answers `GET` and `POST` of `/q/<q>` without its router
+/// (`http::direct`): every answer there, good or bad, must be the router's to
+/// the byte (but the date and the headers' order), in the same order on two stores alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_queue_routes_answer_exactly_as_the_router() {
+    use common::raw;
+    let direct_dir = tempfile::tempdir().expect("temporary directory");
+    let router_dir = tempfile::tempdir().expect("temporary directory");
+    let mut direct_config = restmq::config::Config::new(direct_dir.path());
+    direct_config.max_body = 200;
+    let mut router_config = direct_config.clone();
+    router_config.data_dir = router_dir.path().to_path_buf();
+    let direct = TestServer::start_with(direct_config, Some(direct_dir)).await;
+    let router = RouterOnly::start(&router_config).await;
+
+    let form: &[&[u8]] = &[b"content-type: application/x-www-form-urlencoded"];
+    let ndjson: &[&[u8]] = &[b"content-type: application/x-ndjson"];
+    let text: &[&[u8]] = &[b"content-type: text/plain"];
+    let big = format!("value={}", "x".repeat(300));
+    let cases: Vec<Case> = vec![
+        ("GET", b"/q/jobs", &[], b""),
+        ("POST", b"/q/jobs", form, b"value=one"),
+        ("POST", b"/q/jobs", ndjson, b"two\nthree\n"),
+        ("POST", b"/q/jobs?callback=cb", form, b"value=four&ttl=60"),
+        ("POST", b"/q/jobs", text, b"five"),
+        ("POST", b"/q/%6Aobs", form, b"msg=six"),
+        ("GET", b"/q/jobs", &[], b""),
+        ("GET", b"/q/jobs?max=2", &[], b""),
+        ("GET", b"/q/jobs?callback=cb", &[], b""),
+        ("GET", b"/q/%6Aobs", &[], b""),
+        ("GET", b"/q/jobs?max=0", &[], b""),
+        ("GET", b"/q/jobs?max=%FF", &[], b""),
+        ("GET", b"/q/jobs?wait=999999999", &[], b""),
+        ("GET", b"/q/%FF", &[], b""),
+        ("GET", b"/q/%zz", &[], b""),
+        ("GET", b"/q/a%2Fb", &[], b""),
+        ("POST", b"/q/a/b", form, b"value=nested"),
+        ("GET", b"/q/a/b", &[], b""),
+        ("GET", b"/q/bad%20name", &[], b""),
+        ("POST", b"/q/bad%20name", form, b"value=x"),
+        ("POST", b"/q/%FF", form, b"value=x"),
+        ("POST", b"/q/jobs", form, big.as_bytes()),
+        ("POST", b"/q/jobs", form, b"other=x"),
+        ("POST", b"/q/jobs", text, b"\xff\xfe"),
+        ("GET", b"/q/", &[], b""),
+        ("HEAD", b"/q/jobs", &[], b""),
+        ("PUT", b"/q/jobs", form, b"value=x"),
+        ("DELETE", b"/q/jobs", &[], b""),
+        ("GET", b"/q/jobs", &[], b""),
+    ];
+    for (method, target, headers, body) in cases {
+        let request = raw::request(method, target, headers, body);
+        let head = method == "HEAD";
+        let ours = raw::exchange(direct.addr, &request, head).await;
+        let routed = raw::exchange(router.addr, &request, head).await;
+        // Headers in any order (hyper writes a length it counts itself after
+        // the others, one axum counted before them).
+        let undated = |answer: &raw::RawAnswer| {
+            let mut headers: Vec<_> = answer
+                .headers
+                .iter()
+                .filter(|(name, _)| name != "date")
+                .map(|(name, value)| format!("{name}: {}", String::from_utf8_lossy(value)))
+                .collect();
+            headers.sort();
+            (answer.status, headers, answer.text())
+        };
+        assert_eq!(
+            undated(&ours),
+            undated(&routed),
+            "{method} {}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    router.stop().await;
+    direct.stop().await;
+}

@@ -5,6 +5,7 @@ mod admin;
 mod answer;
 mod collectd;
 mod command;
+pub(crate) mod direct;
 mod legacy;
 mod openapi;
 pub mod params;

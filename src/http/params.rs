@@ -26,10 +26,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Queue {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Queue, Error> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(name)) => QueueName::parse(&name).map(Queue),
-            Err(_) => Err(Error::InvalidQueueName(
-                "it is not valid UTF-8 once percent-decoded",
-            )),
+            Err(_) => Err(NOT_UTF8),
         }
+    }
+}
+
+/// A queue name whose percent-decoding is not text.
+const NOT_UTF8: Error = Error::InvalidQueueName("it is not valid UTF-8 once percent-decoded");
+
+impl Queue {
+    /// The queue named by `raw`, the rest of a path as sent: percent-decoded,
+    /// as the router decodes its path parameters.
+    pub fn from_path(raw: &str) -> Result<Queue, Error> {
+        let name = percent_decode(raw.as_bytes())
+            .decode_utf8()
+            .map_err(|_| NOT_UTF8)?;
+        QueueName::parse(&name).map(Queue)
     }
 }
 

@@ -78,30 +78,64 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let span = tracing::debug_span!(
-            "request",
-            method = %request.method(),
-            path = %request.uri().path(),
-            client = %peer(&request),
-        );
-        let method = request.method().clone();
+    fn call(&mut self, request: Request) -> Self::Future {
         // The route's pattern, not the path: one series per route, whatever the queues.
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let started = Instant::now();
-        let admitted = span.in_scope(|| super::access::admit(&self.state, &mut request));
-        let answer = match admitted {
-            Ok(()) => Answer::Routed(self.inner.call(request).instrument(span.clone())),
-            Err(refused) => Answer::Refused(Some(refused.into_response())),
+        let route = match request.extensions().get::<MatchedPath>() {
+            Some(matched) => Route::Matched(matched.clone()),
+            None => Route::Named("unmatched"),
         };
-        Fronted {
-            answer,
-            state: self.state.clone(),
-            span,
-            method,
-            route,
-            started,
+        front(&self.state, request, route, |request| {
+            self.inner.call(request)
+        })
+    }
+}
+
+/// The route an answer is counted under.
+pub enum Route {
+    /// The router's pattern for the request.
+    Matched(MatchedPath),
+    /// A pattern named by whatever served the request without the router.
+    Named(&'static str),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(matched) => matched.as_str(),
+            Route::Named(name) => name,
         }
+    }
+}
+
+/// What [`Front`] does for every request, for whatever serves it: opens its
+/// span, decides it ([`super::access::admit`]) and, once let in, hands it to
+/// `call`; the answer is timed and counted under `route`.
+pub fn front<F>(
+    state: &AppState,
+    mut request: Request,
+    route: Route,
+    call: impl FnOnce(Request) -> F,
+) -> Fronted<F> {
+    let span = tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        client = %peer(&request),
+    );
+    let method = request.method().clone();
+    let started = Instant::now();
+    let admitted = span.in_scope(|| super::access::admit(state, &mut request));
+    let answer = match admitted {
+        Ok(()) => Answer::Routed(call(request).instrument(span.clone())),
+        Err(refused) => Answer::Refused(Some(refused.into_response())),
+    };
+    Fronted {
+        answer,
+        state: state.clone(),
+        span,
+        method,
+        route,
+        started,
     }
 }
 
@@ -113,7 +147,7 @@ pub struct Fronted<F> {
     state: AppState,
     span: tracing::Span,
     method: Method,
-    route: Option<MatchedPath>,
+    route: Route,
     started: Instant,
 }
 
@@ -142,12 +176,11 @@ where
                 .expect("a refused request's answer is polled once"),
         };
         let elapsed = this.started.elapsed();
-        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         answered(
             &this.state,
             &this.span,
             this.method.as_str(),
-            route,
+            this.route.as_str(),
             &response,
             elapsed,
         );
