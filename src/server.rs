@@ -590,15 +590,15 @@ impl tower_service::Service<axum::extract::Request<hyper::body::Incoming>> for W
     }
 
     fn call(&mut self, mut request: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
-        request
-            .extensions_mut()
-            .insert(crate::http::access::Client::at(self.peer));
         if let Some(state) = &self.direct {
             if let Some(route) = Direct::of(request.method(), request.uri().path()) {
                 let request = request.map(axum::body::Body::new);
-                return Either::Right(direct::serve(state, request, route));
+                return Either::Right(direct::serve(state, request, self.peer.ip(), route));
             }
         }
+        request
+            .extensions_mut()
+            .insert(crate::http::access::Client::at(self.peer));
         Either::Left(self.router.call(request))
     }
 }

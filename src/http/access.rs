@@ -208,9 +208,9 @@ fn refusal(grant: &Grant, right: Right, what: &str) -> Error {
     Error::Forbidden(format!("{who} has no {right} right on {what}"))
 }
 
-/// Decides a request before any work: on admission, hands the grant to the
-/// handler (in the request's [`Client`]); otherwise, the refusal to answer.
-pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
+/// Decides a request from `peer` (see [`super::trace::peer`]) before any
+/// work: the grant it is let in with, or the refusal to answer.
+pub fn admit(state: &AppState, request: &Request, peer: IpAddr) -> Result<Grant, Error> {
     // Open rules (the default) skip classifying, which decodes the queue name.
     let open = state.access.is_open();
     let need = if open {
@@ -218,19 +218,20 @@ pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
     } else {
         classify(request.method(), request.uri().path())
     };
-    let grant = match need {
-        None => Grant::Full,
+    match need {
+        None => Ok(Grant::Full),
         Some(need) => {
-            // Served without our accept loop (which adds the peer), nothing
-            // is known of the client: an address no rule allows.
-            let peer = super::trace::peer(request);
             let headers = request.headers();
             let credentials =
                 Credentials::read(|name| header(headers, name), request.uri().query());
             let forwarded = header(headers, "x-forwarded-for");
-            decide(state, &need, peer, forwarded, &credentials)?
+            decide(state, &need, peer, forwarded, &credentials)
         }
-    };
+    }
+}
+
+/// Hands `grant` to the handlers behind the router, in the request's [`Client`].
+pub fn hand_over(request: &mut Request, grant: Grant) {
     match request.extensions_mut().get_mut::<Client>() {
         Some(client) => client.grant = Some(grant),
         None => {
@@ -240,7 +241,6 @@ pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Error> {
             });
         }
     }
-    Ok(())
 }
 
 /// What is known of a request's client: the address its connection came from,

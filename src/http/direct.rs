@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use axum::extract::{FromRequest, Request, State};
@@ -53,10 +54,13 @@ impl Direct {
 /// The answer of a direct route, boxed as the router boxes its routes'.
 pub type Answered = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-/// Serves `request`, which [`Direct::of`] found to be `route`.
-pub fn serve(state: &AppState, request: Request, route: Direct) -> Fronted<Answered> {
+/// Serves `request` from `peer`, which [`Direct::of`] found to be `route`.
+/// Its handlers take no grant (the access check decided on the queue of the
+/// path) and no peer from the request's extensions, so it needs none.
+pub fn serve(state: &AppState, request: Request, peer: IpAddr, route: Direct) -> Fronted<Answered> {
     let served = state.clone();
-    front(state, request, Route::Named(QUEUE_ROUTE), move |request| {
+    let route_name = Route::Named(QUEUE_ROUTE);
+    front(state, request, peer, route_name, move |request, _grant| {
         let answered: Answered =
             Box::pin(async move { Ok(answer(served, request, route).await.into_response()) });
         answered

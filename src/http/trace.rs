@@ -19,6 +19,8 @@ use tracing::Instrument;
 use crate::AppState;
 
 /// The client's address as the connection gave it (before any proxy header).
+/// Served without restmq's accept loop (which adds the peer), nothing is known
+/// of the client: the unspecified address, which no rule allows.
 pub fn peer(request: &Request) -> IpAddr {
     request
         .extensions()
@@ -84,7 +86,9 @@ where
             Some(matched) => Route::Matched(matched.clone()),
             None => Route::Named("unmatched"),
         };
-        front(&self.state, request, route, |request| {
+        let peer = peer(&request);
+        front(&self.state, request, peer, route, |mut request, grant| {
+            super::access::hand_over(&mut request, grant);
             self.inner.call(request)
         })
     }
@@ -108,25 +112,27 @@ impl Route {
 }
 
 /// What [`Front`] does for every request, for whatever serves it: opens its
-/// span, decides it ([`super::access::admit`]) and, once let in, hands it to
-/// `call`; the answer is timed and counted under `route`.
+/// span, decides it from `peer` ([`super::access::admit`]) and, once let in,
+/// hands it to `call` with its grant; the answer is timed and counted under
+/// `route`.
 pub fn front<F>(
     state: &AppState,
-    mut request: Request,
+    request: Request,
+    peer: IpAddr,
     route: Route,
-    call: impl FnOnce(Request) -> F,
+    call: impl FnOnce(Request, crate::acl::Grant) -> F,
 ) -> Fronted<F> {
     let span = tracing::debug_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
-        client = %peer(&request),
+        client = %peer,
     );
     let method = request.method().clone();
     let started = Instant::now();
-    let admitted = span.in_scope(|| super::access::admit(state, &mut request));
+    let admitted = span.in_scope(|| super::access::admit(state, &request, peer));
     let answer = match admitted {
-        Ok(()) => Answer::Routed(call(request).instrument(span.clone())),
+        Ok(grant) => Answer::Routed(call(request, grant).instrument(span.clone())),
         Err(refused) => Answer::Refused(Some(refused.into_response())),
     };
     Fronted {
