@@ -453,7 +453,8 @@ async fn serve<S>(
     if opens_stream {
         return stream::serve_raw(io, peer, deadline, state).await;
     }
-    // Handlers learn the peer's address from the request's `access::Client`.
+    // Handlers behind the router learn the peer's address from the request's
+    // `access::Client`; the direct routes are handed it.
     let header_timeout = state.server.header_timeout;
     let service = TowerToHyperService::new(WithPeer {
         router: site.router,

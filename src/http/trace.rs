@@ -1,4 +1,5 @@
-//! The router's one layer: a span per request (at debug level), so that
+//! The router's one layer, which the routes served without the router
+//! ([`super::direct`]) pass too: a span per request (at debug level), so that
 //! whatever a request logs carries its method, path and client; the access
 //! check; each answer's time to the latency histogram, and at debug level to
 //! the log with its status.
@@ -145,9 +146,9 @@ pub fn front<F>(
     }
 }
 
-/// The answer to a request behind [`Front`], timed when it is ready. A
+/// The answer to a request behind [`front`], timed when it is ready. A
 /// future of its own rather than an async block, which would be boxed once
-/// more on top of the box the router puts every route's future in.
+/// more on top of the box every route's future is in.
 pub struct Fronted<F> {
     answer: Answer<F>,
     state: AppState,
