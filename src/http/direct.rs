@@ -25,6 +25,8 @@ use crate::error::Error;
 /// The router's pattern for the routes served here, so that their answers
 /// are counted under the same series either way.
 const QUEUE_ROUTE: &str = "/q/{*queue}";
+/// What precedes the queue's name in their paths.
+const PREFIX: &str = "/q/";
 
 /// A route served here.
 #[derive(Clone, Copy)]
@@ -39,7 +41,7 @@ impl Direct {
     /// The route served here that `method` and `path` name, if any: the
     /// router's `/q/{*queue}` matches any non-empty rest, as this does.
     pub fn of(method: &Method, path: &str) -> Option<Direct> {
-        let rest = path.strip_prefix("/q/")?;
+        let rest = path.strip_prefix(PREFIX)?;
         if rest.is_empty() {
             return None;
         }
@@ -70,7 +72,12 @@ pub fn serve(state: &AppState, request: Request, peer: IpAddr, route: Direct) ->
 /// As the router would: the queue from the path, then the parameters (which
 /// reads the body), then the handler.
 async fn answer(state: AppState, request: Request, route: Direct) -> Result<Response, Error> {
-    let rest = request.uri().path().strip_prefix("/q/").unwrap_or_default();
+    // `Direct::of` found the prefix there.
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or_default();
     let queue = Queue::from_path(rest)?;
     let params = Params::from_request(request, &state).await?;
     match route {
