@@ -284,6 +284,52 @@ async fn restmq_serves_what_the_original_wrote() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_another_client_wrote_are_served_as_text_whatever_their_bytes() {
+    if !redis_available("values_another_client_wrote_are_served_as_text_whatever_their_bytes") {
+        return;
+    }
+    let url = fresh_database().await;
+    let mut conn = redis_servers::direct(&url).await;
+    let values: [&[u8]; 3] = ["café ✓".as_bytes(), b"bad \xff\xfe end", b""];
+    for (n, value) in values.iter().enumerate() {
+        redis::cmd("SET")
+            .arg(format!("raw:{}", n + 1))
+            .arg(*value)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("SET q:n");
+        redis::cmd("LPUSH")
+            .arg("raw:queue")
+            .arg(format!("raw:{}", n + 1))
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("LPUSH q:queue");
+    }
+    redis::cmd("SET")
+        .arg("raw:UUID")
+        .arg(values.len())
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET q:UUID");
+
+    let server = restmq_on(vec![url]).await;
+    // UTF-8 comes through as it is; other bytes become replacement characters.
+    assert_eq!(
+        server.pop("raw").await,
+        Some(("raw:1".into(), "café ✓".into()))
+    );
+    assert_eq!(
+        server.pop("raw").await,
+        Some(("raw:2".into(), "bad \u{fffd}\u{fffd} end".into()))
+    );
+    assert_eq!(
+        server.pop("raw").await,
+        Some(("raw:3".into(), String::new()))
+    );
+    assert_eq!(server.pop("raw").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_reads_what_restmq_wrote() {
     if !redis_available("the_original_reads_what_restmq_wrote") {
         return;
