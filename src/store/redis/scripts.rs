@@ -73,6 +73,8 @@ end
 -- Hidden messages that came due, in order of time then number: dropped when
 -- expired, to DYING when received max_receives times, otherwise back in READY.
 local function settle(now)
+  -- Most queues hide nothing: one call to find that out.
+  if redis.call('EXISTS', INFLIGHT, DELAYED) == 0 then return end
   local max = tonumber(redis.call('HGET', CONFIG, 'max_receives') or '0')
   for _, set in ipairs({INFLIGHT, DELAYED}) do
     local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 512)
@@ -199,7 +201,17 @@ local function pack(taken, n, key, value, expiry, count)
   return n + 3
 end
 
--- Messages of the queue left anywhere (0: nothing more to find here).
+-- 1 when the queue has messages left anywhere, 0 when there is nothing more
+-- to find here: remaining() > 0, in as few calls as it takes to tell.
+local function left()
+  if redis.call('LLEN', LIST) > 0 or redis.call('ZCARD', READY) > 0 or
+      redis.call('EXISTS', INFLIGHT, DELAYED, DYING) > 0 then
+    return 1
+  end
+  return 0
+end
+
+-- Messages of the queue left anywhere.
 local function remaining()
   return redis.call('LLEN', LIST) + redis.call('ZCARD', READY) +
     redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', DELAYED) + redis.call('LLEN', DYING)
@@ -278,9 +290,9 @@ return {n - count + 1, count}
 });
 
 /// Takes up to `ARGV[1]` messages from the head. ARGV: max, now. Returns
-/// messages waiting to be dead-lettered, messages left, then one string of the
-/// messages, each packed with its expiry (ms, 0: none) as `pack` does (see
-/// `parse_packed`).
+/// messages waiting to be dead-lettered, 1 if messages are left (else 0),
+/// then one string of the messages, each packed with its expiry (ms, 0: none)
+/// as `pack` does (see `parse_packed`).
 pub static POP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -301,15 +313,15 @@ while got < wanted do
   end
   forget_all(keys, ids)
 end
-return {redis.call('LLEN', DYING), remaining(), table.concat(taken)}
+return {redis.call('LLEN', DYING), left(), table.concat(taken)}
 ",
     )
 });
 
 /// Receives up to `ARGV[1]` messages, hiding each. ARGV: max, now, visibility
-/// (ms). Returns messages waiting to be dead-lettered, messages left, then one
-/// string of the messages, each packed with its expiry (ms, 0: none) and
-/// delivery count as `pack` does.
+/// (ms). Returns messages waiting to be dead-lettered, 1 if messages are left
+/// (else 0), then one string of the messages, each packed with its expiry (ms,
+/// 0: none) and delivery count as `pack` does.
 pub static RECEIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -340,7 +352,7 @@ while got < wanted do
   bulk('ZADD', INFLIGHT, hidden)
   forget_all(gone, gone_ids)
 end
-return {redis.call('LLEN', DYING), remaining(), table.concat(taken)}
+return {redis.call('LLEN', DYING), left(), table.concat(taken)}
 ",
     )
 });
