@@ -330,6 +330,52 @@ async fn values_another_client_wrote_are_served_as_text_whatever_their_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn popped_messages_leave_nothing_behind_in_redis() {
+    if !redis_available("popped_messages_leave_nothing_behind_in_redis") {
+        return;
+    }
+    let url = fresh_database().await;
+    let mut conn = redis_servers::direct(&url).await;
+    let server = restmq_on(vec![url]).await;
+
+    // Plain messages only: the queue has neither the expiry nor the delivery hash.
+    server.publish("tidy", "plain").await;
+    assert_eq!(
+        server.pop("tidy").await,
+        Some(("tidy:1".into(), "plain".into()))
+    );
+    // With an expiry, and one received and given back, so both hashes exist
+    // when the pops come.
+    for value in ["kept 1", "kept 2", "kept 3"] {
+        let published = server
+            .post_form("/q/tidy", &[("value", value), ("ttl", "3600")])
+            .await;
+        assert_eq!(published.status, 200, "{}", published.body);
+    }
+    server.publish("tidy", "plain again").await;
+    let received = server.get("/q/tidy?visibility=30").await;
+    assert_eq!(received.status, 200, "{}", received.body);
+    let receipt = received.json()["receipt"]
+        .as_str()
+        .expect("a receipt")
+        .to_owned();
+    let released = server.post_form("/nack", &[("receipt", &receipt)]).await;
+    assert_eq!(released.status, 200, "{}", released.body);
+    let before = keys_starting(&mut conn, "tidy:").await;
+    for hash in ["tidy:expires", "tidy:deliveries"] {
+        assert!(before.iter().any(|k| k == hash), "no {hash} in {before:?}");
+    }
+
+    let mut popped = Vec::new();
+    while let Some((_, value)) = server.pop("tidy").await {
+        popped.push(value);
+    }
+    assert_eq!(popped, ["kept 1", "kept 2", "kept 3", "plain again"]);
+    // Only the counter is left: no message, refcount, expiry or delivery count.
+    assert_eq!(keys_starting(&mut conn, "tidy:").await, ["tidy:UUID"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_reads_what_restmq_wrote() {
     if !redis_available("the_original_reads_what_restmq_wrote") {
         return;

@@ -151,14 +151,25 @@ local function take_many(n)
   return out
 end
 
--- Reads keys just taken, as alive() and expires_of() do one key: their
--- numbers (as hash fields), values, and expiries (ms, 0: none; false for a
--- key gone or expired, which the caller forgets).
-local function read_taken(keys, now)
+-- The keys' numbers, as the fields of the hashes keyed by number.
+local function fields_of(keys)
   local ids = {}
   for i, key in ipairs(keys) do ids[i] = field_of(key) end
+  return ids
+end
+
+-- Reads keys just taken, as alive() and expires_of() do one key: their
+-- values, expiries (ms, 0: none; false for a key gone or expired, which the
+-- caller forgets), and numbers as hash fields if they were needed (else nil:
+-- numbering costs a pattern match a key, and a queue whose messages have no
+-- expiry has no hash to ask).
+local function read_taken(keys, now)
   local values = redis.call('MGET', unpack(keys))
-  local recorded = redis.call('HMGET', EXPIRES, unpack(ids))
+  local ids, recorded = nil, {}
+  if redis.call('EXISTS', EXPIRES) == 1 then
+    ids = fields_of(keys)
+    recorded = redis.call('HMGET', EXPIRES, unpack(ids))
+  end
   local expiries = {}
   for i, key in ipairs(keys) do
     local at = tonumber(recorded[i] or '0')
@@ -175,7 +186,8 @@ local function read_taken(keys, now)
   return ids, values, expiries
 end
 
--- forget() for many keys at once; ids are the keys' numbers.
+-- forget() for many keys at once; ids are the keys' numbers, or nil to
+-- number them here if a hash needs them.
 local function forget_all(keys, ids)
   local doomed = {}
   for i, key in ipairs(keys) do
@@ -183,8 +195,15 @@ local function forget_all(keys, ids)
     doomed[2 * i] = key .. ':refcount'
   end
   bulk('DEL', nil, doomed)
-  bulk('HDEL', DELIVERIES, ids)
-  bulk('HDEL', EXPIRES, ids)
+  -- Messages popped without ever being received, or expiring, are in
+  -- neither hash, which then does not exist.
+  local deliveries = redis.call('EXISTS', DELIVERIES) == 1
+  local expires = redis.call('EXISTS', EXPIRES) == 1
+  if deliveries or expires then
+    ids = ids or fields_of(keys)
+    if deliveries then bulk('HDEL', DELIVERIES, ids) end
+    if expires then bulk('HDEL', EXPIRES, ids) end
+  end
 end
 
 -- Adds a taken message to the answer of the scripts that take many, after
@@ -336,6 +355,7 @@ while got < wanted do
   local keys = take_many(math.min(wanted - got, 1000))
   if #keys == 0 then break end
   local ids, values, expiries = read_taken(keys, now)
+  ids = ids or fields_of(keys)
   local hidden, gone, gone_ids = {}, {}, {}
   for i, key in ipairs(keys) do
     if expiries[i] then
