@@ -35,15 +35,6 @@ struct Queue<Q, A> {
     waiting: Vec<Waiter<Q, A>>,
 }
 
-impl<Q, A> Default for Queue<Q, A> {
-    fn default() -> Self {
-        Queue {
-            leading: false,
-            waiting: Vec::new(),
-        }
-    }
-}
-
 /// The requests waiting, by queue: `Q` is what one asks, `A` its answer.
 pub struct Combiner<Q, A> {
     queues: Queues<Q, A>,
@@ -74,11 +65,25 @@ impl<Q: Send + 'static, A: Send + 'static> Combiner<Q, A> {
         UF: Future<Output = Result<(), StoreError>> + Send + 'static,
     {
         let (tell, told) = oneshot::channel();
+        let waiter = Waiter { ask, tell };
         let start = {
             let mut queues = lock(&self.queues);
-            let entry = queues.entry(queue.to_owned()).or_default();
-            entry.waiting.push(Waiter { ask, tell });
-            !std::mem::replace(&mut entry.leading, true)
+            // Looked up by reference: under load the queue is there already,
+            // and `entry` would copy its name for every request.
+            match queues.get_mut(queue) {
+                Some(entry) => {
+                    entry.waiting.push(waiter);
+                    !std::mem::replace(&mut entry.leading, true)
+                }
+                None => {
+                    let entry = Queue {
+                        leading: true,
+                        waiting: vec![waiter],
+                    };
+                    queues.insert(queue.to_owned(), entry);
+                    true
+                }
+            }
         };
         if start {
             let (round, unsent) = make();
