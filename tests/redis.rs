@@ -16,7 +16,7 @@ use common::redis_servers::{self, RedisServer};
 use common::{DEADLINE, Streaming, TestServer, eventually};
 use redis::aio::MultiplexedConnection;
 use restmq::config::{Config, Storage};
-use restmq::store::RedisTarget;
+use restmq::store::{Clock, ManualClock, Message, RedisOptions, RedisStore, RedisTarget, Store};
 use tokio::sync::mpsc;
 
 /// Whether `redis-server` can be run; false (after saying so) when it is not
@@ -338,12 +338,28 @@ async fn popped_messages_leave_nothing_behind_in_redis() {
     let mut conn = redis_servers::direct(&url).await;
     let server = restmq_on(vec![url]).await;
 
-    // Plain messages only: the queue has neither the expiry nor the delivery hash.
+    // Plain messages only: the queue has neither the expiry nor the delivery
+    // hash, nor any other of restmq's keys. A peek counts its reads in a
+    // refcount, which the pop deletes with the message.
     server.publish("tidy", "plain").await;
+    let peeked = server
+        .post_raw(
+            "/queue",
+            "application/json",
+            r#"{"cmd":"get","queue":"tidy"}"#,
+        )
+        .await;
+    assert_eq!(peeked.json()["count"], 1, "{}", peeked.body);
+    assert!(
+        keys_starting(&mut conn, "tidy:")
+            .await
+            .contains(&"tidy:1:refcount".to_owned())
+    );
     assert_eq!(
         server.pop("tidy").await,
         Some(("tidy:1".into(), "plain".into()))
     );
+    assert_eq!(keys_starting(&mut conn, "tidy:").await, ["tidy:UUID"]);
     // With an expiry, and one received and given back, so both hashes exist
     // when the pops come.
     for value in ["kept 1", "kept 2", "kept 3"] {
@@ -373,6 +389,46 @@ async fn popped_messages_leave_nothing_behind_in_redis() {
     assert_eq!(popped, ["kept 1", "kept 2", "kept 3", "plain again"]);
     // Only the counter is left: no message, refcount, expiry or delivery count.
     assert_eq!(keys_starting(&mut conn, "tidy:").await, ["tidy:UUID"]);
+}
+
+/// A message the original wrote with a ttl (an EXPIRE on its key) keeps its
+/// expiry through a pop: popped for a client that went away, it is given back
+/// with it, and still expires when its ttl runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_the_original_set_survives_a_pop_given_back() {
+    if !redis_available("an_expiry_the_original_set_survives_a_pop_given_back") {
+        return;
+    }
+    let url = fresh_database().await;
+    let mut conn = redis_servers::direct(&url).await;
+    legacy_publish(&mut conn, "lease", "an hour", Some(Expire::Seconds(3600))).await;
+    legacy_publish(&mut conn, "lease", "for ever", None).await;
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let store = RedisStore::open(
+        &RedisTarget::Ring(vec![url]),
+        &RedisOptions::default(),
+        clock.clone(),
+    )
+    .expect("a Redis store");
+    let values = |messages: &[Message]| -> Vec<String> {
+        messages.iter().map(|m| m.value.clone()).collect()
+    };
+
+    let popped = store.pop_many("lease", 10).await.expect("a pop");
+    assert_eq!(values(&popped), ["an hour", "for ever"]);
+    // An hour from restmq's clock, less what passed since the EXPIRE.
+    let now = clock.now();
+    let expires = popped[0].expires_at;
+    assert!(
+        (now + 3_500_000..=now + 3_600_000).contains(&expires),
+        "expires at {expires}, now {now}"
+    );
+    assert_eq!(popped[1].expires_at, 0, "no ttl, no expiry");
+
+    store.restore("lease", popped).await.expect("given back");
+    clock.advance(expires - now);
+    let left = store.pop_many("lease", 10).await.expect("a pop");
+    assert_eq!(values(&left), ["for ever"], "the hour has passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

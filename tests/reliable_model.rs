@@ -351,9 +351,9 @@ async fn run_case(
                     .map_err(|e| TestCaseError::fail(format!("{at}: {e}")))?;
                 let want = model.head(&names[q]).map(|id| {
                     let msg = model.queue(&names[q]).msgs.remove(&id).expect("the head");
-                    (id, msg.value)
+                    (id, msg.value, msg.expires_at)
                 });
-                prop_assert_eq!(got.map(|m| (m.id, m.value)), want, "{}", at);
+                prop_assert_eq!(got.map(|m| (m.id, m.value, m.expires_at)), want, "{}", at);
             }
             Op::Receive { q, max, visibility } => {
                 let got = store
