@@ -6,13 +6,14 @@
     PAIRS=5 DUR=5 bench/ab.py redis-pop /tmp/a /tmp/b
 
 Loads: publish, pop, redis-publish, redis-pop (wrk c64, as bench/compare.py
-runs them; pops from a queue filled beforehand). Each pair runs axum's kit
-server first (GET / for pops, POST for publishes), then each build in turn, so
-that every build is measured beside a baseline minutes apart at most. For each
-run it prints the rate, its ratio to that pair's axum, the CPU each server
-process spent per request (user + system, µs: restmq, and Redis for the Redis
-loads) and how idle the machine's cores were. On this shared host rates drift
-by 10-25% within minutes; CPU per request and idle move much less, and tell a
+runs them; pops from a queue filled beforehand with POP_DEPTH messages, as
+there). Each pair runs axum's kit server first (GET / for pops, POST for
+publishes), then each build in turn, so that every build is measured beside
+a baseline minutes apart at most. For each run it prints the rate, its ratio
+to that pair's axum, the CPU each server process spent per request (user +
+system, µs: restmq, and Redis for the Redis loads) and how idle the machine's
+cores were (idle or waiting on I/O). On this shared host rates drift by
+10-25% within minutes; CPU per request and idle move much less, and tell a
 change's cost where a rate cannot. Needs what compare.sh needs, built
 (bench/compare.sh builds axum's server; HELLO_BIN to name another).
 """
@@ -36,19 +37,21 @@ def cpu(pid):
 
 
 def idle_ticks():
+    """Ticks the cores spent idle or waiting on I/O, and all ticks."""
     with open("/proc/stat") as f:
         values = [int(x) for x in f.readline().split()[1:]]
     return values[3] + values[4], sum(values)
 
 
 def measured(load, pids):
-    """Runs `load`; its wrk result, µs of CPU per request for each pid, idle %."""
+    """Runs `load`; its wrk result, µs of CPU per request for each pid, idle %
+    (idle or waiting on I/O)."""
     before, idle0 = [cpu(p) for p in pids], idle_ticks()
     result = load()
     after, idle1 = [cpu(p) for p in pids], idle_ticks()
     if result is None:
         return None, [], 0.0
-    requests = result["rps"] * C.DUR
+    requests = max(1, result["requests"])
     per = [((b[0] - a[0]) * 1e6 / requests, (b[1] - a[1]) * 1e6 / requests)
            for a, b in zip(before, after)]
     idle = 100 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
@@ -86,12 +89,9 @@ def main():
                 C.post(server.url + "/q/warm", 64, C.WARM)
                 pids = [server.proc.pid] + ([redis.proc.pid] if redis else [])
                 if pops:
-                    C.purge(server.url, "bench")
-                    C.fill(server.url, "bench", 200_000 * C.DUR)
+                    C.refill(server.url, C.POP_DEPTH)
                     result, per, idle = measured(lambda: C.get(server.url + "/q/bench", 64), pids)
-                    if C.stats(server.url, "bench")["len"] == 0:
-                        result = None
-                        print("  the queue ran dry: not measured")
+                    result = C.unless_dry(server.url, C.POP_DEPTH, result)
                 else:
                     result, per, idle = measured(lambda: C.post(server.url + "/q/bench", 64), pids)
                 server.stop()

@@ -50,6 +50,8 @@ HELLO = os.environ.get("HELLO_BIN", "/tmp/bench-target/release/bench-hello")
 DUR = int(os.environ.get("DUR", "5"))
 REPS = int(os.environ.get("REPS", "3"))
 WARM = int(os.environ.get("WARM", "1"))
+# Messages waiting before a c64 pop run: more than the fastest run takes.
+POP_DEPTH = int(os.environ.get("POP_DEPTH", str(200_000 * DUR)))
 SECTIONS = set(os.environ.get("SECTIONS", "http,redis,fanout,latency,idle,restart").split(","))
 IDLE_N = int(os.environ.get("IDLE_N", "10000"))
 RESTART_N = int(os.environ.get("RESTART_N", "1000000"))
@@ -183,7 +185,7 @@ end
 
 
 def wrk(url, conns, script, duration=None):
-    """req/s, p50 ms, p99 ms, non-2xx + socket errors."""
+    """req/s, p50 ms, p99 ms, requests, non-2xx + socket errors."""
     threads = 1 if conns == 1 else 2
     duration = duration or DUR
     out = subprocess.run(["timeout", "-k", "5", str(duration + 30), "wrk", f"-t{threads}", f"-c{conns}",
@@ -193,9 +195,9 @@ def wrk(url, conns, script, duration=None):
     if line is None:
         log(f"   wrk gave no result for {url}:\n{out}")
         return None
-    rps, p50, p99, _, non2xx, *errs = line.split()[1:]
+    rps, p50, p99, requests, non2xx, *errs = line.split()[1:]
     return {"rps": float(rps), "p50": int(p50) / 1000, "p99": int(p99) / 1000,
-            "bad": int(non2xx) + sum(int(e) for e in errs)}
+            "requests": int(requests), "bad": int(non2xx) + sum(int(e) for e in errs)}
 
 
 def post(url, conns, duration=None):
@@ -231,16 +233,25 @@ def purge(url, queue):
         r.read()
 
 
-def pop_run(url, conns, depth):
-    """Pops from a queue filled with `depth` messages; None if it ran dry."""
+def refill(url, depth):
+    """Empties the queue `bench` and fills it with `depth` messages to pop."""
     purge(url, "bench")
     fill(url, "bench", depth)
-    result = get(url + "/q/bench", conns)
-    left = stats(url, "bench")["len"]
-    if result is not None and left == 0:
+
+
+def unless_dry(url, depth, result):
+    """`result` of popping `bench` after `refill`, or None if the queue ran dry
+    (then the pops were not the limit)."""
+    if result is not None and stats(url, "bench")["len"] == 0:
         log(f"   the queue ran dry ({depth} were not enough): the pop rate is not measured")
         return None
     return result
+
+
+def pop_run(url, conns, depth):
+    """Pops from a queue filled with `depth` messages; None if it ran dry."""
+    refill(url, depth)
+    return unless_dry(url, depth, get(url + "/q/bench", conns))
 
 
 def fanout_py(port, pub, sub, subs):
@@ -348,7 +359,6 @@ def http_section(redis):
                                "emb-post-64", "emb-post-1", "emb-pop-64", "emb-pop-1",
                                "redis-post-64", "redis-post-1", "redis-pop-64", "redis-pop-1",
                                "lpush", "rpop"]}
-    depth64 = int(os.environ.get("POP_DEPTH", str(200_000 * DUR)))
     depth1 = 30_000 * DUR
     for rep in range(1, REPS + 1):
         log(f"== rep {rep}/{REPS}")
@@ -365,7 +375,7 @@ def http_section(redis):
         post(server.url + "/q/warm", 64, WARM)
         results["emb-post-64"].append(post(server.url + "/q/bench", 64))
         results["emb-post-1"].append(post(server.url + "/q/bench", 1))
-        results["emb-pop-64"].append(pop_run(server.url, 64, depth64))
+        results["emb-pop-64"].append(pop_run(server.url, 64, POP_DEPTH))
         results["emb-pop-1"].append(pop_run(server.url, 1, depth1))
         server.stop()
         log(f"   restmq embedded: {[results[k][-1]['rps'] if results[k][-1] else None for k in ['emb-post-64','emb-post-1','emb-pop-64','emb-pop-1']]}")
@@ -376,7 +386,7 @@ def http_section(redis):
             post(server.url + "/q/warm", 64, WARM)
             results["redis-post-64"].append(post(server.url + "/q/bench", 64))
             results["redis-post-1"].append(post(server.url + "/q/bench", 1))
-            results["redis-pop-64"].append(pop_run(server.url, 64, depth64))
+            results["redis-pop-64"].append(pop_run(server.url, 64, POP_DEPTH))
             results["redis-pop-1"].append(pop_run(server.url, 1, depth1))
             server.stop()
             redis.flush()
