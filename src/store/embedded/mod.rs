@@ -19,8 +19,10 @@
 //! removal there (before answering, so that a killed restmq does not bring the
 //! pop back) measured slower at 64 connections: a log write per pop on the
 //! connection threads, under a lock they share, cost more than the writer's
-//! batched hand-off, which serves 12 to 20 pops per wake-up. Even with the
-//! log write left out, which would be unsafe, it only matched the writer.
+//! batched hand-off, which serves 12 to 20 pops per wake-up. Measured with
+//! stubs, such pops gain only if the removal is logged without a system call
+//! (through a shared memory mapping of the log), which this log does not do
+//! (see the README's Benchmark section).
 //!
 //! A job is answered only after every earlier batch is synced, so nothing can be
 //! delivered before it is durable. Changes that need no durability of their own
