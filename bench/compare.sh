@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command, one table: restmq beside bare axum, nchan and Redis on the same
 # load, in one run (see bench/compare.py for what each row measures).
-#   bench/compare.sh                       # everything, ~25 min
+#   bench/compare.sh                       # everything, 12-20 min
 #   SECTIONS=http DUR=5 REPS=1 bench/compare.sh   # just publish/pop, ~3 min
 # Needs the benchmark kit (BENCH_KIT, default ../shared/bench) and its packages
 # (its setup.sh: wrk, nginx with nchan, redis, curl).
