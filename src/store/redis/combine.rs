@@ -303,7 +303,7 @@ mod tests {
         let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first = {
             let (combiner, source, stuck) = (combiner.clone(), source.clone(), stuck.clone());
-            let restoring = source.clone();
+            let (restoring, held) = (source.clone(), held.clone());
             tokio::spawn(async move {
                 combiner
                     .run("q", 1, move || {
@@ -328,7 +328,9 @@ mod tests {
                     .await
             })
         };
-        while !lock(&combiner.queues).get("q").is_some_and(|q| q.leading) {
+        // Until the first round has taken its request: a pop arriving before
+        // that would share the first round rather than wait for the next.
+        while !held.load(Ordering::SeqCst) {
             tokio::task::yield_now().await;
         }
         let second = pop(&combiner, &source, 2);
