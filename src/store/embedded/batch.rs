@@ -10,9 +10,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use super::cache::{Drained, PopCache};
 use super::db_error;
 use super::records::{
     Held, HeldState, QueueMeta, encode_message, expired, policy_code, policy_from_code,
@@ -41,6 +43,10 @@ pub(super) struct Meta {
     pub next_id: u64,
     /// Settings of the queues that have some.
     pub configs: HashMap<String, QueueConfig>,
+    /// The queues' heads copied for pops on the connection threads.
+    pub cache: Arc<PopCache>,
+    /// Every record of the file of pops numbered below this is applied.
+    pub pops_applied: u64,
 }
 
 /// A write transaction's tables, with the commands the writer's jobs run. It
@@ -68,6 +74,11 @@ pub(super) struct Batch<'t> {
     /// message number before the batch: the messages above it are durable only
     /// once the batch is.
     fresh: HashMap<u64, u64>,
+    /// Pops taken from the cache that the current batch applied, by queue.
+    pub drained: Vec<(String, u64)>,
+    /// When the current batch applied pops taken from the cache: the number
+    /// of the first record it does not cover.
+    pub pops_upto: Option<u64>,
 }
 
 impl<'t> Batch<'t> {
@@ -88,6 +99,8 @@ impl<'t> Batch<'t> {
             scratch: Vec::new(),
             dead_lettered: Vec::new(),
             fresh: HashMap::new(),
+            drained: Vec::new(),
+            pops_upto: None,
         })
     }
 
@@ -97,6 +110,8 @@ impl<'t> Batch<'t> {
         self.log.clear();
         self.dead_lettered.clear();
         self.fresh.clear();
+        self.drained.clear();
+        self.pops_upto = None;
         self.now = now;
     }
 
@@ -450,7 +465,108 @@ impl<'t> Batch<'t> {
                     .map_err(|e| StoreError::Corrupted(format!("unreadable settings: {e}")))?;
                 self.write_config(queue, config)
             }
+            Op::Popped { upto } => {
+                self.meta.pops_applied = self.meta.pops_applied.max(upto);
+                Ok(())
+            }
         }
+    }
+
+    // The cache of queues' heads (see `cache.rs`).
+
+    /// The cache of queues' heads.
+    pub fn cache(&self) -> Arc<PopCache> {
+        self.meta.cache.clone()
+    }
+
+    /// Applies the pops taken from the cache since the last batch.
+    pub fn apply_cached_pops(&mut self) -> Result<(), StoreError> {
+        let drained = self.meta.cache.drain(None);
+        self.apply_drained(drained)
+    }
+
+    /// Applies the pops taken from the cache and empties `queue`'s: what runs
+    /// next on the queue sees it as if every pop had gone through the writer.
+    fn uncache(&mut self, queue: &str) -> Result<(), StoreError> {
+        let drained = self.meta.cache.drain(Some(queue));
+        self.apply_drained(drained)
+    }
+
+    fn apply_drained(&mut self, drained: Drained) -> Result<(), StoreError> {
+        if drained.pops.is_empty() {
+            return Ok(());
+        }
+        for (queue, ids) in drained.pops {
+            for &id in &ids {
+                self.remove(&queue, id)?;
+            }
+            self.drained.push((queue, ids.len() as u64));
+        }
+        Op::Popped { upto: drained.upto }.encode(&mut self.log);
+        self.meta.pops_applied = drained.upto;
+        self.pops_upto = Some(drained.upto);
+        Ok(())
+    }
+
+    /// Removes the messages named by `records` (queue id, message number)
+    /// that are visible still: the pops recorded in the file of pops, applied
+    /// at start.
+    pub fn remove_recorded(&mut self, records: &[(u64, u64)]) -> Result<(), StoreError> {
+        let names: HashMap<u64, String> = self
+            .meta
+            .queues
+            .iter()
+            .map(|(name, m)| (m.id, name.clone()))
+            .collect();
+        for (qid, id) in records {
+            if let Some(queue) = names.get(qid) {
+                self.remove(queue, *id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the head of `queue` into the cache (the messages after what it
+    /// holds), when it has room: only messages durable already (not published
+    /// in this batch), and none while the queue has hidden messages, whose
+    /// return comes first.
+    pub fn cache_head(&mut self, queue: &str) -> Result<(), StoreError> {
+        let Some(meta) = self.queue_meta(queue) else {
+            return Ok(());
+        };
+        if meta.info.inflight + meta.info.delayed > 0 {
+            return self.uncache(queue);
+        }
+        if meta.info.len == 0 {
+            return Ok(());
+        }
+        let Some(room) = self.meta.cache.room(queue) else {
+            return Ok(());
+        };
+        let qid = meta.id;
+        let last = self.fresh.get(&qid).copied().unwrap_or(u64::MAX);
+        let mut head = Vec::new();
+        let mut bytes = 0;
+        for entry in self
+            .messages
+            .range((qid, room.from)..=(qid, last))
+            .map_err(db_error)?
+        {
+            if head.len() >= room.messages || bytes >= room.bytes {
+                break;
+            }
+            let (key, raw) = entry.map_err(db_error)?;
+            let (expires_at, value) = split_message(raw.value())?;
+            let value = value_text(value)?;
+            bytes += value.len();
+            head.push(Message {
+                id: key.value().1,
+                value,
+                expires_at,
+            });
+        }
+        self.meta.cache.fill(queue, qid, head);
+        Ok(())
     }
 
     // The commands.
@@ -458,6 +574,7 @@ impl<'t> Batch<'t> {
     /// Brings back the hidden messages of `queue` that came due: visible again,
     /// dropped when expired, or moved to the dead-letter queue.
     fn settle(&mut self, queue: &str) -> Result<(), StoreError> {
+        self.uncache(queue)?;
         let Some(meta) = self.queue_meta(queue) else {
             return Ok(());
         };
@@ -656,6 +773,8 @@ impl<'t> Batch<'t> {
 
     /// Puts `messages` back under their own numbers (those already there stay).
     pub fn restore(&mut self, queue: &str, messages: &[Message]) -> Result<(), StoreError> {
+        // Put back ahead of what the cache holds, which must come after them.
+        self.uncache(queue)?;
         for message in messages {
             let present = match self.qid(queue) {
                 Some(qid) => {
@@ -840,6 +959,7 @@ impl<'t> Batch<'t> {
 
     /// Deletes message `id`, visible or hidden; true when it was there, unexpired.
     pub fn delete(&mut self, queue: &str, id: u64) -> Result<bool, StoreError> {
+        self.uncache(queue)?;
         let Some(qid) = self.qid(queue) else {
             return Ok(false);
         };
@@ -855,6 +975,7 @@ impl<'t> Batch<'t> {
     }
 
     pub fn purge(&mut self, queue: &str) -> Result<bool, StoreError> {
+        self.uncache(queue)?;
         let Some(info) = self.queue_meta(queue).map(|m| m.info) else {
             return Ok(false);
         };
@@ -933,6 +1054,8 @@ mod tests {
             queues: HashMap::<String, QueueMeta>::new(),
             next_id: 1,
             configs: HashMap::new(),
+            cache: Arc::new(PopCache::disabled()),
+            pops_applied: 0,
         };
         let mut batch = Batch::open(&txn, &mut meta).expect("the tables");
         batch.begin(1_000);

@@ -41,6 +41,7 @@
 //! the writer; readers see a snapshot the writer refreshes after each batch.
 
 mod batch;
+mod cache;
 mod records;
 mod wal;
 
@@ -55,6 +56,7 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use self::batch::{Batch, CONFIGS, DELIVERIES, DUE, HELD, MESSAGES, Meta, PEEKS, QUEUES};
+use self::cache::PopCache;
 use self::records::QueueMeta;
 use self::wal::{Op, Wal};
 use super::{
@@ -66,10 +68,14 @@ use super::{
 const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
 const WAL_GENERATION: &str = "wal_generation";
 const WAL_LSN: &str = "wal_lsn";
+/// Every record of the file of pops numbered below this is applied.
+const POPS_APPLIED: &str = "pops_applied";
 
 /// The files inside the data directory.
 const DB_FILE: &str = "restmq.redb";
 const WAL_FILE: &str = "restmq.wal";
+/// The records of pops answered from the cache (see `cache.rs`).
+const POPS_FILE: &str = "restmq.pops";
 /// Jobs applied in one transaction at most; bounds a commit's size and latency.
 const MAX_BATCH: usize = 4096;
 /// Message bytes applied in one transaction at most, for the same reason.
@@ -101,6 +107,8 @@ impl Default for EmbeddedOptions {
 pub struct EmbeddedStore {
     jobs: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
+    cache: Arc<PopCache>,
+    clock: Arc<dyn Clock>,
     dir: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -188,8 +196,10 @@ impl EmbeddedStore {
             queues: HashMap::new(),
             next_id: 1,
             configs: HashMap::new(),
+            cache: Arc::new(PopCache::disabled()),
+            pops_applied: 0,
         };
-        let (generation, lsn) = {
+        let (generation, lsn, pops_applied) = {
             let txn = db.begin_read().map_err(db_error)?;
             let table = txn.open_table(QUEUES).map_err(db_error)?;
             for entry in table.iter().map_err(db_error)? {
@@ -212,8 +222,10 @@ impl EmbeddedStore {
             (
                 get(WAL_GENERATION)?.unwrap_or(1),
                 get(WAL_LSN)?.unwrap_or(0),
+                get(POPS_APPLIED)?.unwrap_or(0),
             )
         };
+        meta.pops_applied = pops_applied;
 
         let (wal, replay) = Wal::open(&dir.join(WAL_FILE), generation, lsn)?;
         let shared = Arc::new(Shared {
@@ -225,7 +237,7 @@ impl EmbeddedStore {
             db,
             meta,
             wal,
-            clock,
+            clock: clock.clone(),
             fsync: options.fsync,
             shared: shared.clone(),
             pace: Pace::default(),
@@ -234,6 +246,10 @@ impl EmbeddedStore {
         if !replay.is_empty() {
             tracing::info!(frames = replay.len(), "replayed the write-ahead log");
         }
+        let pops = dir.join(POPS_FILE);
+        let next = writer.recover_pops(&pops)?;
+        let cache = Arc::new(PopCache::open(&pops, next));
+        writer.meta.cache = cache.clone();
         *write(&shared.meta) = writer.meta.queues.clone();
 
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -244,6 +260,8 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             jobs,
             shared,
+            cache,
+            clock,
             dir: dir.to_owned(),
             writer: Mutex::new(Some(handle)),
         })
@@ -329,6 +347,22 @@ impl Store for EmbeddedStore {
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
+        if self.shared.failure().is_none() {
+            if let Some(taken) = self
+                .cache
+                .take(queue, max, self.clock.now(), &self.shared.meta)
+            {
+                if taken.refill {
+                    // Not waited for; should the writer's queue be full, the
+                    // cache runs dry and a pop through the writer fills it.
+                    let job = RefillJob {
+                        queue: queue.to_owned(),
+                    };
+                    let _ = self.jobs.try_send(Msg::Work(Box::new(job)));
+                }
+                return Box::pin(std::future::ready(Ok(taken.messages)));
+            }
+        }
         if !self.has_waiting(queue) {
             return Box::pin(async { Ok(Vec::new()) });
         }
@@ -559,7 +593,7 @@ impl Work for PopJob {
 
     fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         self.out = Some(Ok(batch.pop_many(&self.queue, self.max)?));
-        Ok(())
+        batch.cache_head(&self.queue)
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
@@ -583,6 +617,31 @@ impl Work for PopJob {
     }
 }
 
+/// Fills a queue's cache up, asked by a pop that found it half empty.
+struct RefillJob {
+    queue: String,
+}
+
+impl Work for RefillJob {
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn weight(&self) -> usize {
+        0
+    }
+
+    fn apply(&mut self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        batch.cache_head(&self.queue)
+    }
+
+    fn finish(self: Box<Self>, _outcome: Result<(), StoreError>) {}
+
+    fn waits_for(&self, _batch: &Batch<'_>) -> bool {
+        false
+    }
+}
+
 /// Applies `jobs` in order, taking each run of pops of one queue in one pass:
 /// the same messages, in the same order, as popping for each job in turn.
 fn apply_all(jobs: &mut [Box<dyn Work>], batch: &mut Batch<'_>) -> Result<(), StoreError> {
@@ -602,6 +661,7 @@ fn apply_all(jobs: &mut [Box<dyn Work>], batch: &mut Batch<'_>) -> Result<(), St
             let max = job.pops().map_or(0, |(_, max)| max);
             job.popped(messages.by_ref().take(max).collect());
         }
+        batch.cache_head(&queue)?;
         i += run;
     }
     Ok(())
@@ -811,6 +871,7 @@ impl Writer {
             Ok(batch) => batch,
             Err(e) => return (Stop::Commit, Err(e)),
         };
+        let cache = batch.cache();
         let mut batches = 0;
         let mut logged = 0;
         loop {
@@ -820,19 +881,22 @@ impl Writer {
             }
             if !jobs.is_empty() {
                 batch.begin(self.clock.now());
-                let applied = apply_all(&mut jobs, &mut batch).and_then(|()| batch.write_meta());
+                let applied = batch
+                    .apply_cached_pops()
+                    .and_then(|()| apply_all(&mut jobs, &mut batch))
+                    .and_then(|()| batch.write_meta());
                 if let Err(e) = applied {
                     answer_all(jobs, &Err(e.clone()));
                     return (stop.unwrap_or(Stop::Commit), Err(e));
                 }
-                {
-                    let mut shared = write(&self.shared.meta);
-                    for name in &batch.touched {
-                        if let Some(meta) = batch.queue_meta(name) {
-                            shared.insert(name.clone(), meta);
-                        }
-                    }
-                }
+                cache.publish_meta(
+                    batch.drained.iter().map(|(name, n)| (name.as_str(), *n)),
+                    batch
+                        .touched
+                        .iter()
+                        .filter_map(|name| Some((name.as_str(), batch.queue_meta(name)?))),
+                    &self.shared.meta,
+                );
                 for queue in &batch.dead_lettered {
                     self.shared.dead_lettered.add(queue, 1);
                 }
@@ -841,6 +905,9 @@ impl Writer {
                     // Without fsync no frame is ever synced by a batch: padded
                     // each, a frame the kernel wrote back is never rewritten.
                     let written = self.wal.append(&batch.log, durable || !self.fsync);
+                    if let (Ok(()), Some(upto)) = (&written, batch.pops_upto) {
+                        cache.written(upto);
+                    }
                     if written.is_ok() && durable {
                         jobs = answer_settled(jobs, &batch);
                     }
@@ -884,6 +951,9 @@ impl Writer {
             let mut state = txn.open_table(STATE).map_err(db_error)?;
             state.insert(WAL_GENERATION, generation).map_err(db_error)?;
             state.insert(WAL_LSN, self.wal.lsn()).map_err(db_error)?;
+            state
+                .insert(POPS_APPLIED, self.meta.pops_applied)
+                .map_err(db_error)?;
         }
         txn.commit().map_err(db_error)?;
         self.wal.restart(generation);
@@ -906,9 +976,41 @@ impl Writer {
         self.finish(txn, true)
     }
 
+    /// Applies the pops recorded in the file of pops at `path` beyond those
+    /// the log said were applied, then checkpoints; returns the number of the
+    /// next record.
+    fn recover_pops(&mut self, path: &Path) -> Result<u64, StoreError> {
+        let file = match std::fs::read(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_error("cannot read the file of pops")(e)),
+        };
+        let (records, next) = cache::records(&file, self.meta.pops_applied);
+        if records.is_empty() {
+            return Ok(next);
+        }
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut batch = Batch::open(&txn, &mut self.meta)?;
+            batch.begin(self.clock.now());
+            batch.remove_recorded(&records)?;
+            batch.write_meta()?;
+        }
+        self.meta.pops_applied = next;
+        self.finish(txn, true)?;
+        tracing::info!(
+            pops = records.len(),
+            "applied the pops recorded since the log"
+        );
+        Ok(next)
+    }
+
     /// Closes the database.
     fn close(self) -> Result<(), StoreError> {
-        // The last transaction was committed durably unless the store failed.
+        // The last transaction was committed durably unless the store failed;
+        // pops answered from the cache since its last batch are in the file
+        // of pops, applied at the next start.
+        self.meta.cache.sync();
         let failure = self.shared.failure();
         self.db.close().map_err(db_error)?;
         failure.map_or(Ok(()), Err)
@@ -1001,6 +1103,123 @@ mod tests {
             ttl: None,
             delay: None,
         }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(
+            dir,
+            EmbeddedOptions::default(),
+            Arc::new(super::super::SystemClock),
+        )
+        .expect("open")
+    }
+
+    async fn publish(store: &EmbeddedStore, queue: &str, values: impl IntoIterator<Item = String>) {
+        let messages = values.into_iter().map(|v| message(&v)).collect();
+        store.publish(queue, messages).await.expect("publish");
+    }
+
+    async fn pop_value(store: &EmbeddedStore, queue: &str) -> Option<String> {
+        store.pop(queue).await.expect("pop").map(|m| m.value)
+    }
+
+    async fn len(store: &EmbeddedStore, queue: &str) -> u64 {
+        store.queue(queue).await.expect("info").map_or(0, |i| i.len)
+    }
+
+    /// Pops answered from the cache are recorded in the file of pops: they
+    /// stay taken over restarts that did not let the writer apply them, and
+    /// the records of one run do not count in the next.
+    #[tokio::test]
+    async fn pops_answered_from_the_cache_stay_taken_across_restarts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        publish(&store, "q", (0..10).map(|i| format!("m{i}"))).await;
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m0"));
+        assert_eq!(store.cache.cached("q"), 9, "the writer cached the rest");
+        for i in 1..4 {
+            assert_eq!(pop_value(&store, "q").await, Some(format!("m{i}")));
+        }
+        assert_eq!(store.cache.cached("q"), 6, "answered from the cache");
+        assert_eq!(len(&store, "q").await, 6, "the length counts them at once");
+        store.close().await.expect("close");
+
+        let store = open(dir.path());
+        assert_eq!(len(&store, "q").await, 6);
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m4"));
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m5"));
+        assert_eq!(store.cache.cached("q"), 4);
+        store.close().await.expect("close");
+
+        let store = open(dir.path());
+        let mut rest = Vec::new();
+        while let Some(value) = pop_value(&store, "q").await {
+            rest.push(value);
+        }
+        assert_eq!(rest, ["m6", "m7", "m8", "m9"]);
+        assert_eq!(len(&store, "q").await, 0);
+    }
+
+    /// Pops through the cache and through the writer take every message once,
+    /// in order, however many fills it takes.
+    #[tokio::test]
+    async fn pops_take_every_message_once_in_order_through_cache_and_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        publish(&store, "q", (0..700).map(|i| format!("m{i}"))).await;
+        let mut from_cache = 0;
+        for i in 0..700 {
+            let cached = store.cache.cached("q");
+            let popped = store.pop_many("q", 3 - i % 3).await.expect("pop");
+            assert!(!popped.is_empty(), "pop {i} found messages left");
+            if cached > 0 {
+                from_cache += 1;
+            }
+            for m in popped {
+                assert_eq!(m.value, format!("m{}", m.id - 1), "in order, each once");
+            }
+            if len(&store, "q").await == 0 {
+                break;
+            }
+        }
+        assert!(
+            from_cache > 100,
+            "{from_cache} pops answered from the cache"
+        );
+        assert_eq!(pop_value(&store, "q").await, None);
+    }
+
+    /// What else runs on a queue sees the pops answered from its cache, and
+    /// the cache never hands out a message those commands took or put back.
+    #[tokio::test]
+    async fn other_commands_see_the_cache_pops_and_empty_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        publish(&store, "q", (0..10).map(|i| format!("m{i}"))).await;
+        let first = store.pop("q").await.expect("pop").expect("a message");
+        let second = store.pop("q").await.expect("pop").expect("a message");
+        assert_eq!(store.cache.cached("q"), 8);
+        // A delete of a cached message: the cache does not hand it out.
+        assert!(store.delete("q", second.id + 1).await.expect("delete"));
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m3"));
+        // Put back: it comes before the rest.
+        store
+            .restore("q", vec![first.clone()])
+            .await
+            .expect("restore");
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m0"));
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m4"));
+        // A receive takes what the cache had next, and while it is in flight
+        // the queue is not cached: its return comes before newer messages.
+        let received = store.receive("q", 2, 60_000).await.expect("receive");
+        let values: Vec<_> = received.iter().map(|r| r.message.value.as_str()).collect();
+        assert_eq!(values, ["m5", "m6"]);
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m7"));
+        assert_eq!(store.cache.cached("q"), 0);
+        assert_eq!(len(&store, "q").await, 2);
+        assert!(store.purge("q").await.expect("purge"));
+        assert_eq!(pop_value(&store, "q").await, None);
+        assert_eq!(len(&store, "q").await, 0);
     }
 
     /// Messages taken together forget their peeks and deliveries as messages

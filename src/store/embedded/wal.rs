@@ -77,6 +77,9 @@ pub(super) enum Op<'a> {
     Unhold { queue: &'a str, id: u64 },
     /// The queue's settings, as JSON.
     Config { queue: &'a str, json: &'a [u8] },
+    /// Every pop recorded in the file of pops below number `upto` applied
+    /// (see `cache.rs`); recorded under an empty queue name.
+    Popped { upto: u64 },
 }
 
 impl Op<'_> {
@@ -152,6 +155,10 @@ impl Op<'_> {
                 out.extend_from_slice(&(json.len() as u64).to_be_bytes());
                 out.extend_from_slice(json);
             }
+            Op::Popped { upto } => {
+                queue(out, 10, "");
+                out.extend_from_slice(&upto.to_be_bytes());
+            }
         }
     }
 
@@ -221,6 +228,7 @@ impl Op<'_> {
                     rest = tail;
                     Op::Config { queue, json }
                 }
+                10 => Op::Popped { upto: u64_field()? },
                 _ => return Err(bad()),
             };
             ops.push(op);
@@ -452,6 +460,7 @@ mod tests {
                 record: b"held",
             },
             Op::Unhold { queue: "q", id: 5 },
+            Op::Popped { upto: 12 },
             Op::Config {
                 queue: "q",
                 json: b"{}",
