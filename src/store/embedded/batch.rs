@@ -74,6 +74,11 @@ pub(super) struct Batch<'t> {
     /// message number before the batch: the messages above it are durable only
     /// once the batch is.
     fresh: HashMap<u64, u64>,
+    /// The queues (by id) to which the current batch brought back a message
+    /// under its old number (come due, returned, put back): the cache must not
+    /// hand it out before the batch is in the log, where a new one is kept
+    /// out by `fresh`.
+    revealed: HashSet<u64>,
     /// Pops taken from the cache that the current batch applied, by queue.
     pub drained: Vec<(String, u64)>,
     /// When the current batch applied pops taken from the cache: the number
@@ -99,6 +104,7 @@ impl<'t> Batch<'t> {
             scratch: Vec::new(),
             dead_lettered: Vec::new(),
             fresh: HashMap::new(),
+            revealed: HashSet::new(),
             drained: Vec::new(),
             pops_upto: None,
         })
@@ -110,6 +116,7 @@ impl<'t> Batch<'t> {
         self.log.clear();
         self.dead_lettered.clear();
         self.fresh.clear();
+        self.revealed.clear();
         self.drained.clear();
         self.pops_upto = None;
         self.now = now;
@@ -202,6 +209,9 @@ impl<'t> Batch<'t> {
             (meta.id, last_id)
         });
         self.note_fresh(qid, last_id, id);
+        if id <= last_id {
+            self.revealed.insert(qid);
+        }
         encode_message(&mut self.scratch, expires_at, value);
         self.messages
             .insert((qid, id), self.scratch.as_slice())
@@ -527,9 +537,10 @@ impl<'t> Batch<'t> {
     }
 
     /// Copies the head of `queue` into the cache (the messages after what it
-    /// holds), when it has room: only messages durable already (not published
-    /// in this batch), and none while the queue has hidden messages, whose
-    /// return comes first.
+    /// holds), when it has room: only messages whose arrival is in the log
+    /// already (none published or brought back in this batch, which the
+    /// cache would hand out before the batch is logged), and none while the
+    /// queue has hidden messages, whose return comes first.
     pub fn cache_head(&mut self, queue: &str) -> Result<(), StoreError> {
         let Some(meta) = self.queue_meta(queue) else {
             return Ok(());
@@ -537,7 +548,7 @@ impl<'t> Batch<'t> {
         if meta.info.inflight + meta.info.delayed > 0 {
             return self.uncache(queue);
         }
-        if meta.info.len == 0 {
+        if meta.info.len == 0 || self.revealed.contains(&meta.id) {
             return Ok(());
         }
         let Some(room) = self.meta.cache.room(queue) else {

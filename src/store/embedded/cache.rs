@@ -152,7 +152,13 @@ impl Ring {
     fn map(file: &File) -> std::io::Result<Ring> {
         use std::os::fd::AsRawFd;
         let len = (SLOTS as usize) * RECORD;
-        file.set_len(len as u64)?;
+        // Allocated, not sparse: a first write to a page of a hole could fail
+        // (a full disk) and would kill the process through the mapping.
+        // SAFETY: a plain system call on a file descriptor we hold open.
+        let allocated = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        if allocated != 0 {
+            return Err(std::io::Error::from_raw_os_error(allocated));
+        }
         // SAFETY: a fresh shared mapping of a file we hold open, of its length;
         // nothing else in this process maps it.
         let base = unsafe {
@@ -193,9 +199,12 @@ impl Ring {
 impl Ring {
     fn sync(&self) {
         #[cfg(unix)]
-        // SAFETY: the range is exactly the live mapping made in `map`.
-        unsafe {
-            libc::msync(self.base.as_ptr().cast(), self.len, libc::MS_SYNC);
+        {
+            // SAFETY: the range is exactly the live mapping made in `map`.
+            let synced = unsafe { libc::msync(self.base.as_ptr().cast(), self.len, libc::MS_SYNC) };
+            if synced != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot sync the file of pops; a crash of the machine now may bring back its last pops");
+            }
         }
     }
 }
@@ -300,8 +309,8 @@ impl PopCache {
 
     /// Takes up to `max` messages of `queue` from its cache, recording each
     /// before it is handed out; expired ones are taken and not handed out.
-    /// None when the cache cannot answer (nothing cached, the file is full,
-    /// or the queue has hidden messages): the pop goes to the writer.
+    /// None when the cache cannot answer (it holds fewer than `max`, the file
+    /// is full, or the queue has hidden messages): the pop goes to the writer.
     pub fn take(
         &self,
         queue: &str,
@@ -320,7 +329,9 @@ impl PopCache {
         } = &mut *inner;
         let ring = ring.as_mut()?;
         let entry = queues.get_mut(queue)?;
-        if entry.messages.is_empty() {
+        // A pop of several takes them all here or all from the store, where
+        // there may be more than the cache holds.
+        if entry.messages.len() < max.max(1) {
             return None;
         }
         let mut meta = meta.write().unwrap_or_else(PoisonError::into_inner);
@@ -393,6 +404,10 @@ impl PopCache {
     pub fn room(&self, queue: &str) -> Option<Room> {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        // Answered, whether or not there is room: a later pop may ask again.
+        if let Some(entry) = inner.queues.get_mut(queue) {
+            entry.asked = false;
+        }
         inner.ring.as_ref()?;
         if inner.bytes >= BUDGET_BYTES {
             inner.evict_idle();
@@ -400,12 +415,12 @@ impl PopCache {
         let budget = BUDGET_BYTES.checked_sub(inner.bytes).filter(|&b| b > 0)?;
         // After what was cached, even if all of it was taken: messages taken
         // since the writer last drained are in the store still.
-        let (from, held, bytes) = match inner.queues.get_mut(queue) {
-            Some(entry) => {
-                entry.asked = false;
-                let from = entry.last.map_or(0, |last| last + 1);
-                (from, entry.messages.len(), entry.bytes)
-            }
+        let (from, held, bytes) = match inner.queues.get(queue) {
+            Some(entry) => (
+                entry.last.map_or(0, |last| last + 1),
+                entry.messages.len(),
+                entry.bytes,
+            ),
             None => (0, 0, 0),
         };
         (held < FILL_MESSAGES && bytes < FILL_BYTES).then(|| Room {
@@ -479,10 +494,11 @@ impl PopCache {
         inner.free_from = inner.free_from.max(upto);
     }
 
-    /// Writes the records to the disk (at close: a crash of the machine right
-    /// after it does not bring the pops they record back).
-    pub fn sync(&self) {
-        if let Some(ring) = &self.lock().ring {
+    /// Stops answering pops (they go to the writer, which is closed) and
+    /// writes the records to the disk, so that a crash of the machine after a
+    /// clean stop does not bring back the pops they record.
+    pub fn close(&self) {
+        if let Some(ring) = self.lock().ring.take() {
             ring.sync();
         }
     }

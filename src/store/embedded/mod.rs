@@ -347,33 +347,35 @@ impl Store for EmbeddedStore {
     }
 
     fn pop_many<'a>(&'a self, queue: &'a str, max: usize) -> StoreFuture<'a, Vec<Message>> {
-        if self.shared.failure().is_none() {
-            if let Some(taken) = self
-                .cache
-                .take(queue, max, self.clock.now(), &self.shared.meta)
-            {
-                if taken.refill {
-                    // Not waited for; should the writer's queue be full, the
-                    // cache runs dry and a pop through the writer fills it.
-                    let job = RefillJob {
-                        queue: queue.to_owned(),
-                    };
-                    let _ = self.jobs.try_send(Msg::Work(Box::new(job)));
+        // Nothing is taken until the future runs, as with any other store.
+        Box::pin(async move {
+            if self.shared.failure().is_none() {
+                let now = self.clock.now();
+                if let Some(taken) = self.cache.take(queue, max, now, &self.shared.meta) {
+                    if taken.refill {
+                        // Not waited for; should the writer's queue be full,
+                        // the cache runs dry and a pop through the writer
+                        // fills it.
+                        let job = RefillJob {
+                            queue: queue.to_owned(),
+                        };
+                        let _ = self.jobs.try_send(Msg::Work(Box::new(job)));
+                    }
+                    return Ok(taken.messages);
                 }
-                return Box::pin(std::future::ready(Ok(taken.messages)));
             }
-        }
-        if !self.has_waiting(queue) {
-            return Box::pin(async { Ok(Vec::new()) });
-        }
-        let (tx, rx) = oneshot::channel();
-        let job = PopJob {
-            queue: queue.to_owned(),
-            max,
-            out: None,
-            tx,
-        };
-        Box::pin(self.run(Box::new(job), rx))
+            if !self.has_waiting(queue) {
+                return Ok(Vec::new());
+            }
+            let (tx, rx) = oneshot::channel();
+            let job = PopJob {
+                queue: queue.to_owned(),
+                max,
+                out: None,
+                tx,
+            };
+            self.run(Box::new(job), rx).await
+        })
     }
 
     fn restore<'a>(&'a self, queue: &'a str, messages: Vec<Message>) -> StoreFuture<'a, ()> {
@@ -1010,7 +1012,7 @@ impl Writer {
         // The last transaction was committed durably unless the store failed;
         // pops answered from the cache since its last batch are in the file
         // of pops, applied at the next start.
-        self.meta.cache.sync();
+        self.meta.cache.close();
         let failure = self.shared.failure();
         self.db.close().map_err(db_error)?;
         failure.map_or(Ok(()), Err)
@@ -1143,6 +1145,10 @@ mod tests {
         assert_eq!(store.cache.cached("q"), 6, "answered from the cache");
         assert_eq!(len(&store, "q").await, 6, "the length counts them at once");
         store.close().await.expect("close");
+        assert!(
+            matches!(store.pop("q").await, Err(StoreError::Closed)),
+            "a closed store answers no pop, cached or not"
+        );
 
         let store = open(dir.path());
         assert_eq!(len(&store, "q").await, 6);
@@ -1220,6 +1226,45 @@ mod tests {
         assert!(store.purge("q").await.expect("purge"));
         assert_eq!(pop_value(&store, "q").await, None);
         assert_eq!(len(&store, "q").await, 0);
+    }
+
+    /// Messages that come back to a queue (their time in flight ran out) are
+    /// not cached by the batch that brings them back: the cache would hand
+    /// them out before that batch is in the log, and a crash then would hide
+    /// them again, to be delivered a second time.
+    #[tokio::test]
+    async fn messages_coming_back_are_cached_only_once_logged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(super::super::ManualClock::new(1_000_000));
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), clock.clone())
+            .expect("open");
+        publish(&store, "q", (0..4).map(|i| format!("m{i}"))).await;
+        let received = store.receive("q", 4, 1_000).await.expect("receive");
+        assert_eq!(received.len(), 4);
+        clock.advance(2_000);
+        // This pop's batch brings all four back, and takes the first.
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m0"));
+        assert_eq!(store.cache.cached("q"), 0, "not cached in that batch");
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m1"));
+        assert_eq!(store.cache.cached("q"), 2, "cached by the next one");
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m2"));
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m3"));
+        assert_eq!(pop_value(&store, "q").await, None);
+    }
+
+    /// A pop of several is answered from the cache only when it holds them
+    /// all: the store may hold more than the cache.
+    #[tokio::test]
+    async fn a_pop_of_several_gets_all_the_queue_has() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        publish(&store, "q", (0..3).map(|i| format!("m{i}"))).await;
+        assert_eq!(pop_value(&store, "q").await.as_deref(), Some("m0"));
+        assert_eq!(store.cache.cached("q"), 2);
+        publish(&store, "q", (3..6).map(|i| format!("m{i}"))).await;
+        let popped = store.pop_many("q", 4).await.expect("pop");
+        let values: Vec<_> = popped.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(values, ["m1", "m2", "m3", "m4"]);
     }
 
     /// Messages taken together forget their peeks and deliveries as messages
