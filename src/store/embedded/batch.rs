@@ -506,11 +506,28 @@ impl<'t> Batch<'t> {
         if drained.pops.is_empty() {
             return Ok(());
         }
-        for (queue, ids) in drained.pops {
-            for &id in &ids {
-                self.remove(&queue, id)?;
+        for (queue, mut ids) in drained.pops {
+            let count = ids.len() as u64;
+            ids.sort_unstable();
+            if let (Some(qid), Some(&first), Some(&last)) =
+                (self.qid(&queue), ids.first(), ids.last())
+            {
+                // The cache holds a run of the queue's head, so the messages
+                // taken are one: removed in one pass, as a pop of several.
+                let mut removed = Vec::with_capacity(ids.len());
+                let mut gone = self
+                    .messages
+                    .extract_from_if((qid, first)..=(qid, last), |(_, id), _| {
+                        ids.binary_search(&id).is_ok()
+                    })
+                    .map_err(db_error)?;
+                for entry in gone.by_ref() {
+                    removed.push(entry.map_err(db_error)?.0.value().1);
+                }
+                gone.close().map_err(db_error)?;
+                self.removed_run(&queue, qid, &removed)?;
             }
-            self.drained.push((queue, ids.len() as u64));
+            self.drained.push((queue, count));
         }
         Op::Popped { upto: drained.upto }.encode(&mut self.log);
         self.meta.pops_applied = drained.upto;
