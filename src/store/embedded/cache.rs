@@ -148,7 +148,7 @@ struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     fn map(file: &File) -> std::io::Result<Ring> {
         use std::os::fd::AsRawFd;
         let len = (SLOTS as usize) * RECORD;
@@ -179,9 +179,11 @@ impl Ring {
         Ok(Ring { base, len })
     }
 
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     fn map(_file: &File) -> std::io::Result<Ring> {
-        Err(std::io::Error::other("no shared mappings here"))
+        Err(std::io::Error::other(
+            "the file of pops is mapped on Linux only",
+        ))
     }
 
     fn write(&mut self, seq: u64, qid: u64, id: u64) {
@@ -198,7 +200,7 @@ impl Ring {
 
 impl Ring {
     fn sync(&self) {
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         {
             // SAFETY: the range is exactly the live mapping made in `map`.
             let synced = unsafe { libc::msync(self.base.as_ptr().cast(), self.len, libc::MS_SYNC) };
@@ -211,7 +213,7 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         // SAFETY: unmaps exactly the mapping made in `map`, which nothing uses
         // any more.
         unsafe {
