@@ -17,7 +17,9 @@
 //! before anything else it runs touches that head (pops of its own, receives,
 //! deletes, purges, puts back), so every other command sees the queue as if
 //! every pop had gone through the writer. A queue with messages in flight or
-//! delayed is not cached: their return must come before newer messages.
+//! delayed is not cached: their return must come before newer messages. Nor
+//! is a message whose arrival (published, or brought back) is not yet in the
+//! log: a pop answered from here does not wait for the log.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -223,6 +225,11 @@ impl Drop for Ring {
 }
 
 impl Cached {
+    /// Whether nothing of it is left to hand out, drain or count.
+    fn spent(&self) -> bool {
+        self.messages.is_empty() && self.taken.is_empty() && self.unapplied == 0
+    }
+
     /// Drops the messages cached; returns their bytes. Only once its taken
     /// messages are drained (or as they are): the next fill reads the head.
     fn clear(&mut self) -> usize {
@@ -236,11 +243,7 @@ impl Cached {
 impl Inner {
     /// Forgets queue `name` once nothing of it is left to hand out or count.
     fn drop_if_spent(&mut self, name: &str) {
-        if self
-            .queues
-            .get(name)
-            .is_some_and(|e| e.messages.is_empty() && e.taken.is_empty() && e.unapplied == 0)
-        {
+        if self.queues.get(name).is_some_and(Cached::spent) {
             self.queues.remove(name);
         }
     }
@@ -256,8 +259,7 @@ impl Inner {
             entry.used = false;
         }
         self.bytes -= freed;
-        self.queues
-            .retain(|_, e| !e.messages.is_empty() || !e.taken.is_empty() || e.unapplied > 0);
+        self.queues.retain(|_, e| !e.spent());
     }
 }
 
