@@ -1125,6 +1125,10 @@ mod tests {
         store.pop(queue).await.expect("pop").map(|m| m.value)
     }
 
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn len(store: &EmbeddedStore, queue: &str) -> u64 {
         store.queue(queue).await.expect("info").map_or(0, |i| i.len)
     }
@@ -1192,6 +1196,83 @@ mod tests {
             from_cache > 100,
             "{from_cache} pops answered from the cache"
         );
+        assert_eq!(pop_value(&store, "q").await, None);
+    }
+
+    /// Pops on many threads at once, through the cache and the writer, while
+    /// a producer publishes and one consumer puts some of what it took back:
+    /// every message is taken once (again after each put-back), each
+    /// consumer's in order, and a restart finds the queue empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_pops_take_every_message_once() {
+        const TOTAL: u64 = 10_000;
+        const CONSUMERS: usize = 6;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(open(dir.path()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let put_back = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let producer = {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while n < TOTAL {
+                    let next = (n + 1 + n % 5).min(TOTAL);
+                    publish(&store, "q", (n..next).map(|i| format!("m{i}"))).await;
+                    n = next;
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let consumers: Vec<_> = (0..CONSUMERS)
+            .map(|c| {
+                let (store, done, put_back) = (store.clone(), done.clone(), put_back.clone());
+                tokio::spawn(async move {
+                    let mut kept = Vec::new();
+                    let mut last = 0;
+                    for i in 0usize.. {
+                        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                        let popped = store.pop_many("q", 1 + (i + c) % 4).await.expect("pop");
+                        if popped.is_empty() {
+                            if finished && len(&store, "q").await == 0 {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        if c == 0 && i % 5 == 0 {
+                            lock(&put_back).extend(popped.iter().map(|m| m.id));
+                            store.restore("q", popped).await.expect("restore");
+                            continue;
+                        }
+                        for m in popped {
+                            // Put back messages come again, to any consumer:
+                            // only the others must come in order.
+                            if !lock(&put_back).contains(&m.id) {
+                                assert!(m.id > last, "consumer {c}: {} after {last}", m.id);
+                                last = m.id;
+                            }
+                            kept.push(m.id);
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        producer.await.expect("producer");
+        let mut times = HashMap::new();
+        for consumer in consumers {
+            for id in consumer.await.expect("consumer") {
+                *times.entry(id).or_insert(0) += 1;
+            }
+        }
+        for id in 1..=TOTAL {
+            assert_eq!(times.get(&id), Some(&1), "message {id} kept once");
+        }
+        assert!(!lock(&put_back).is_empty(), "some messages were put back");
+        let store = Arc::into_inner(store).expect("the only owner");
+        store.close().await.expect("close");
+        let store = open(dir.path());
+        assert_eq!(len(&store, "q").await, 0);
         assert_eq!(pop_value(&store, "q").await, None);
     }
 
