@@ -91,7 +91,9 @@ pub(super) struct Taken {
 pub(super) struct Room {
     /// The message to start from (0: the queue's head).
     pub from: u64,
+    /// How many messages it may copy.
     pub messages: usize,
+    /// How many bytes of values it may copy (at least one message).
     pub bytes: usize,
 }
 
@@ -198,9 +200,7 @@ impl Ring {
             std::ptr::copy_nonoverlapping(record.as_ptr(), self.base.as_ptr().add(at), RECORD);
         }
     }
-}
 
-impl Ring {
     fn sync(&self) {
         #[cfg(target_os = "linux")]
         {
@@ -281,26 +281,21 @@ impl PopCache {
                 None
             }
         };
+        PopCache::with(ring, next)
+    }
+
+    /// A cache that never holds anything (for replaying the log).
+    pub fn disabled() -> PopCache {
+        PopCache::with(None, 0)
+    }
+
+    fn with(ring: Option<Ring>, next: u64) -> PopCache {
         PopCache {
             inner: Mutex::new(Inner {
                 queues: HashMap::new(),
                 ring,
                 next,
                 free_from: next,
-                bytes: 0,
-                taking: Vec::new(),
-            }),
-        }
-    }
-
-    /// A cache that never holds anything (for replaying the log).
-    pub fn disabled() -> PopCache {
-        PopCache {
-            inner: Mutex::new(Inner {
-                queues: HashMap::new(),
-                ring: None,
-                next: 0,
-                free_from: 0,
                 bytes: 0,
                 taking: Vec::new(),
             }),

@@ -13,16 +13,14 @@
 //! cost two thread wake-ups per batch, which measured slower for small messages
 //! and large ones alike (see the README's Benchmark section).
 //!
-//! Pops go through the writer too, although the hand-off between threads costs
-//! more than redb's work for a pop. Holding each popped queue's first messages
-//! in memory, taking them on the thread that serves the request and logging the
-//! removal there (before answering, so that a killed restmq does not bring the
-//! pop back) measured slower at 64 connections: a log write per pop on the
-//! connection threads, under a lock they share, cost more than the writer's
-//! batched hand-off, which serves 12 to 20 pops per wake-up. Measured with
-//! stubs, such pops gain only if the removal is logged without a system call
-//! (through a shared memory mapping of the log), which this log does not do
-//! (see the README's Benchmark section).
+//! Most pops skip the writer: the hand-off between threads costs more than
+//! redb's work for a pop. The writer copies a popped queue's next messages into
+//! memory, and the threads serving requests take them there, each recording
+//! its pop in a file mapped into memory before answering, so that a killed
+//! restmq does not bring it back (see `cache.rs`). Logging those pops with a
+//! write to the log instead, one system call each on the connection threads,
+//! measured slower than the writer's batched hand-off (see the README's
+//! Benchmark section).
 //!
 //! A job is answered only after every earlier batch is synced, so nothing can be
 //! delivered before it is durable. Changes that need no durability of their own
@@ -1177,7 +1175,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = open(dir.path());
         publish(&store, "q", (0..700).map(|i| format!("m{i}"))).await;
-        let mut from_cache = 0;
+        let (mut from_cache, mut last, mut taken) = (0, 0, 0);
         for i in 0..700 {
             let cached = store.cache.cached("q");
             let popped = store.pop_many("q", 3 - i % 3).await.expect("pop");
@@ -1187,6 +1185,9 @@ mod tests {
             }
             for m in popped {
                 assert_eq!(m.value, format!("m{}", m.id - 1), "in order, each once");
+                assert!(m.id > last, "{} after {last}", m.id);
+                last = m.id;
+                taken += 1;
             }
             if len(&store, "q").await == 0 {
                 break;
@@ -1196,6 +1197,8 @@ mod tests {
             from_cache > 100,
             "{from_cache} pops answered from the cache"
         );
+        // Rising numbers from 1 to 700, 700 of them: each message once.
+        assert_eq!((taken, last), (700, 700));
         assert_eq!(pop_value(&store, "q").await, None);
     }
 
