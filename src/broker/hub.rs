@@ -16,9 +16,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, mpsc};
 
 use super::QueueName;
@@ -231,7 +233,9 @@ enum Return {
 struct Link {
     /// Why the stream must end now, as an [`End`] code; 0 while it runs.
     end: AtomicU8,
-    ended: Notify,
+    /// The consumer's task, woken when the stream ends: registered on every
+    /// wait, which costs an atomic swap where a `Notify` takes a lock twice.
+    waker: AtomicWaker,
 }
 
 impl Link {
@@ -241,7 +245,7 @@ impl Link {
             .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.ended.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -336,23 +340,25 @@ pub enum Next {
 impl Subscription {
     /// Waits for the next message, or the end of the stream.
     pub async fn next(&mut self) -> Next {
-        if let Some(why) = self.link.ended() {
-            return Next::End(Some(why));
-        }
-        tokio::select! {
-            biased;
-            () = self.link.ended.notified() => Next::End(self.link.ended()),
-            held = self.rx.recv() => match held {
-                Some(held) => {
+        std::future::poll_fn(|cx| {
+            // Registered before looking: an end after the look wakes us.
+            self.link.waker.register(cx.waker());
+            if let Some(why) = self.link.ended() {
+                return Poll::Ready(Next::End(Some(why)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(held)) => {
                     // A full buffer stopped the dispatcher; now there is room.
                     if self.rx.len() + 1 == self.rx.max_capacity() {
                         self.slot.wake.notify_one();
                     }
-                    Next::Message(held)
+                    Poll::Ready(Next::Message(held))
                 }
-                None => Next::End(self.link.ended()),
-            },
-        }
+                Poll::Ready(None) => Poll::Ready(Next::End(self.link.ended())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// A message already waiting, without waiting for one.
@@ -498,7 +504,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(inner.limits.consumer_buffer.max(1));
         let link = Arc::new(Link {
             end: AtomicU8::new(0),
-            ended: Notify::new(),
+            waker: AtomicWaker::new(),
         });
         let mut replay = VecDeque::new();
         let mut gap = None;
