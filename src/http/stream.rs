@@ -6,6 +6,8 @@
 //! never were go back to their queue when the stream ends.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -19,6 +21,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt, stream};
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 use super::access::{self, Granted};
 use super::params::{Callback, Params, Queue};
@@ -37,6 +40,8 @@ const WS_READ_BUFFER: usize = 4096;
 const WS_WRITE_BUFFER: usize = 8192;
 /// Messages already waiting gathered into one write, at most.
 const CHUNK_MESSAGES: usize = 64;
+/// Buffer bytes a raw stream keeps between writes, at most.
+const KEEP_BUFFER: usize = 4096;
 
 /// What a COMET or SSE request asks for.
 struct StreamRequest {
@@ -90,13 +95,10 @@ impl StreamRequest {
             ),
             Format::Comet(_) => ("text/plain; charset=utf-8", None),
         };
-        let streaming = Streaming {
-            subscription,
-            format: self.format,
-            first,
-            done: false,
-        };
-        Ok((streaming, content_type))
+        Ok((
+            Streaming::new(subscription, self.format, first),
+            content_type,
+        ))
     }
 }
 
@@ -207,6 +209,12 @@ struct Streaming {
     format: Format,
     first: Option<Bytes>,
     done: bool,
+    /// SSE only: fires [`KEEP_ALIVE`] after the last chunk. Moved on lazily,
+    /// when it fires early, rather than for every message: a timer set and
+    /// cancelled per message cost each delivery two trips to the timer wheel.
+    keep_alive: Option<Pin<Box<Sleep>>>,
+    /// When the last chunk was made.
+    last_sent: Instant,
 }
 
 /// Bytes to send, with the messages they carry.
@@ -215,57 +223,75 @@ struct Chunk {
     held: Vec<Held>,
 }
 
-impl Chunk {
-    /// The connection took the chunk: its messages count as delivered.
-    fn written(self) {
-        for held in self.held {
-            held.written();
-        }
+/// The connection took the chunk carrying `held`: its messages count as
+/// delivered.
+fn written(held: impl IntoIterator<Item = Held>) {
+    for held in held {
+        held.written();
     }
 }
 
 impl Streaming {
-    /// The next chunk to send, the messages already waiting gathered into one;
-    /// `None` once the stream is over.
-    async fn next(&mut self) -> Option<Chunk> {
-        if self.done {
-            return None;
+    fn new(subscription: Subscription, format: Format, first: Option<Bytes>) -> Streaming {
+        let keep_alive =
+            matches!(format, Format::Sse).then(|| Box::pin(tokio::time::sleep(KEEP_ALIVE)));
+        Streaming {
+            subscription,
+            format,
+            first,
+            done: false,
+            keep_alive,
+            last_sent: Instant::now(),
         }
-        let mut out = BytesMut::new();
-        let mut held = Vec::new();
+    }
+
+    /// Appends the next chunk to send to `out`, the messages already waiting
+    /// gathered into one, and what it carries to `held`; false once the
+    /// stream is over.
+    async fn next(&mut self, out: &mut BytesMut, held: &mut Vec<Held>) -> bool {
+        if self.done {
+            return false;
+        }
         if let Some(first) = self.first.take() {
             out.extend_from_slice(&first);
         }
         if let Some((after, oldest)) = self.subscription.gap.take() {
             let queue = self.subscription.queue().clone();
-            self.format.gap(&mut out, &queue, after, oldest.as_deref());
+            self.format.gap(out, &queue, after, oldest.as_deref());
         }
         while let Some(streamed) = self.subscription.replay.pop_front() {
-            self.format.message(&mut out, &streamed);
+            self.format.message(out, &streamed);
         }
         if !out.is_empty() {
-            return Some(Chunk {
-                bytes: out.freeze(),
-                held,
-            });
+            self.last_sent = Instant::now();
+            return true;
         }
-        let next = match self.format {
-            Format::Sse => match tokio::time::timeout(KEEP_ALIVE, self.subscription.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    return Some(Chunk {
-                        bytes: Bytes::from_static(b": keep-alive\n\n"),
-                        held,
-                    });
+        let next = match &mut self.keep_alive {
+            None => self.subscription.next().await,
+            Some(timer) => loop {
+                tokio::select! {
+                    biased;
+                    next = self.subscription.next() => break next,
+                    () = timer.as_mut() => {
+                        let idle_until = self.last_sent + KEEP_ALIVE;
+                        let now = Instant::now();
+                        if now < idle_until {
+                            timer.as_mut().reset(idle_until);
+                            continue;
+                        }
+                        timer.as_mut().reset(now + KEEP_ALIVE);
+                        self.last_sent = now;
+                        out.extend_from_slice(b": keep-alive\n\n");
+                        return true;
+                    }
                 }
             },
-            Format::Comet(_) => self.subscription.next().await,
         };
         match next {
             Next::Message(first) => {
                 let mut add = |message: Held| {
                     if let Some(streamed) = message.streamed() {
-                        self.format.message(&mut out, streamed);
+                        self.format.message(out, streamed);
                     }
                     held.push(message);
                 };
@@ -277,19 +303,15 @@ impl Streaming {
                         None => break,
                     }
                 }
-                Some(Chunk {
-                    bytes: out.freeze(),
-                    held,
-                })
+                self.last_sent = Instant::now();
+                true
             }
             Next::End(Some(End::Deleted)) => {
                 self.done = true;
-                Some(Chunk {
-                    bytes: self.format.deleted(),
-                    held,
-                })
+                out.extend_from_slice(&self.format.deleted());
+                true
             }
-            Next::End(_) => None,
+            Next::End(_) => false,
         }
     }
 }
@@ -306,9 +328,17 @@ fn body(
         (streaming, None::<Chunk>),
         |(mut streaming, sent)| async move {
             if let Some(sent) = sent {
-                sent.written();
+                written(sent.held);
             }
-            let chunk = streaming.next().await?;
+            let mut out = BytesMut::new();
+            let mut held = Vec::new();
+            if !streaming.next(&mut out, &mut held).await {
+                return None;
+            }
+            let chunk = Chunk {
+                bytes: out.freeze(),
+                held,
+            };
             let bytes = chunk.bytes.clone();
             Some((Ok(bytes), (streaming, Some(chunk))))
         },
@@ -365,21 +395,31 @@ pub async fn serve_raw<S>(
     {
         return;
     }
+    // Kept from chunk to chunk: a delivery allocates nothing here.
+    let (mut out, mut framed, mut held) = (BytesMut::new(), BytesMut::new(), Vec::new());
     loop {
-        let chunk = tokio::select! {
-            chunk = streaming.next() => chunk,
+        out.clear();
+        let more = tokio::select! {
+            more = streaming.next(&mut out, &mut held) => more,
             () = closed(&mut socket) => return,
         };
-        let Some(chunk) = chunk else { break };
-        let mut framed = BytesMut::with_capacity(chunk.bytes.len() + 16);
-        framed.extend_from_slice(format!("{:x}\r\n", chunk.bytes.len()).as_bytes());
-        framed.extend_from_slice(&chunk.bytes);
+        if !more {
+            break;
+        }
+        framed.clear();
+        // Writing to a BytesMut cannot fail.
+        let _ = write!(framed, "{:x}\r\n", out.len());
+        framed.extend_from_slice(&out);
         framed.extend_from_slice(b"\r\n");
         // A failed write drops the chunk unwritten: its messages go back.
         if write_flushed(&mut socket, &framed).await.is_err() {
             return;
         }
-        chunk.written();
+        written(held.drain(..));
+        if framed.capacity() > KEEP_BUFFER {
+            // A burst's buffers are not kept: an idle stream holds little.
+            (out, framed, held) = (BytesMut::new(), BytesMut::new(), Vec::new());
+        }
     }
     let _ = write_flushed(&mut socket, b"0\r\n\r\n").await;
     let _ = socket.shutdown().await;
@@ -618,5 +658,60 @@ async fn websocket_session(socket: WebSocket, mut subscription: Subscription) {
                 Some(Ok(Frame::Close(_)) | Err(_)) | None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::hub::{Hub, StreamLimits};
+    use crate::store::{EmbeddedOptions, EmbeddedStore, Message, SystemClock};
+
+    /// An SSE stream with nothing to send says it is alive once
+    /// [`KEEP_ALIVE`] has passed since it last sent anything, not sooner: a
+    /// message in between moves the next keep-alive on.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_sse_stream_sends_a_keep_alive_after_each_silence() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(
+            dir.path(),
+            EmbeddedOptions::default(),
+            Arc::new(SystemClock),
+        )
+        .expect("open");
+        let hub = Hub::new(Arc::new(store), StreamLimits::default());
+        let queue = QueueName::parse("q").expect("a queue name");
+        let subscription = hub.subscribe(&queue, Resume::Live).expect("subscribe");
+        let mut streaming = Streaming::new(subscription, Format::Sse, None);
+        let (mut out, mut held) = (BytesMut::new(), Vec::new());
+        let start = Instant::now();
+
+        assert!(streaming.next(&mut out, &mut held).await);
+        assert_eq!(&out[..], b": keep-alive\n\n");
+        assert_eq!(start.elapsed(), KEEP_ALIVE);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let message = Message {
+            id: 1,
+            value: "v".into(),
+            expires_at: 0,
+        };
+        hub.deliver_shared(&queue, vec![message]);
+        out.clear();
+        assert!(streaming.next(&mut out, &mut held).await);
+        assert!(out.starts_with(b"id: q:1\ndata: "), "{out:?}");
+        assert_eq!(held.len(), 1);
+        written(held.drain(..));
+
+        out.clear();
+        assert!(streaming.next(&mut out, &mut held).await);
+        assert_eq!(&out[..], b": keep-alive\n\n");
+        assert_eq!(
+            start.elapsed(),
+            KEEP_ALIVE + Duration::from_secs(10) + KEEP_ALIVE,
+            "a full silence after the message"
+        );
     }
 }
