@@ -544,12 +544,35 @@ def restart_section():
         better="lower", target=1.0, unit="s")
 
 
+def synced_write_us(count=500):
+    """Median µs of a 4 KiB write and fdatasync, in place, on the file system of
+    restmq's data: durable publishes wait for one, so their rows depend on it."""
+    path = os.path.join(OUT, "synced-write")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        block = b"\0" * 4096
+        for at in range(0, 64 * 4096, 4096):   # allocated first: no size change
+            os.pwrite(fd, block, at)
+        os.fsync(fd)
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            os.pwrite(fd, block, (i % 64) * 4096)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(times) * 1e6
+
+
 def main():
     for need in (RESTMQ, HELLO):
         if not os.access(need, os.X_OK):
             sys.exit(f"missing {need}: run bench/compare.sh, which builds it")
+    flush = synced_write_us()
     log(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores; "
-        f"DUR={DUR}s REPS={REPS}; logs in {OUT}")
+        f"a synced 4 KiB write {flush:.0f} µs (median); DUR={DUR}s REPS={REPS}; logs in {OUT}")
     redis = None
     try:
         if "redis" in SECTIONS and shutil.which("redis-server"):
@@ -567,7 +590,8 @@ def main():
     finally:
         cleanup()
     print(f"restmq compare, {time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} cores "
-          f"(client and servers share them), DUR={DUR}s x REPS={REPS} (medians)")
+          f"(client and servers share them), a synced 4 KiB write {flush:.0f} µs (median), "
+          f"DUR={DUR}s x REPS={REPS} (medians)")
     print_table()
 
 
