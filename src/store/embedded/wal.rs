@@ -17,6 +17,14 @@
 //! batches, which would fill a page each, buys nothing. The file's pages are
 //! zero-filled ahead of use so that a sync writes data only, not file-size
 //! metadata.
+//!
+//! Every write covers whole pages: a frame is written with what precedes it on
+//! its first page (kept in memory) and zeros to the end of its last page, which
+//! the next frame, if unpadded, writes over. A write to part of a page the
+//! kernel does not hold in its cache makes it read the page from the disk
+//! first, and the writer waits for that read; the log's pages ahead of the
+//! next frame are written long before their turn (zero-filled, or by the
+//! previous generation), so a system reclaiming cold page cache drops them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -306,6 +314,8 @@ pub(super) struct Wal {
     offset: u64,
     /// Bytes of the file already written (frames or zeros).
     size: u64,
+    /// What the page holding `offset` holds before it: the start of the next write.
+    head: Vec<u8>,
     frame: Vec<u8>,
 }
 
@@ -335,6 +345,7 @@ impl Wal {
             lsn,
             offset: 0,
             size: data.len() as u64,
+            head: Vec::new(),
             frame: Vec::new(),
         };
         if wal.size < INITIAL_SIZE {
@@ -363,6 +374,7 @@ impl Wal {
     pub fn restart(&mut self, generation: u64) {
         self.generation = generation;
         self.offset = 0;
+        self.head.clear();
     }
 
     /// Writes one frame holding `payload`, not synced (see [`Wal::sync`]).
@@ -375,6 +387,8 @@ impl Wal {
     fn write_frame(&mut self, payload: &[u8], pad: bool) -> io::Result<()> {
         let lsn = self.lsn + 1;
         self.frame.clear();
+        self.frame.extend_from_slice(&self.head);
+        let at = self.frame.len();
         let magic = if pad { MAGIC } else { MAGIC_UNPADDED };
         self.frame.extend_from_slice(&magic.to_be_bytes());
         self.frame.extend_from_slice(&self.generation.to_be_bytes());
@@ -382,22 +396,27 @@ impl Wal {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("a batch too large for one log frame"))?;
         self.frame.extend_from_slice(&len.to_be_bytes());
-        let crc = checksum(&self.frame[..HEADER - 4], payload);
+        let crc = checksum(&self.frame[at..at + HEADER - 4], payload);
         self.frame.extend_from_slice(&crc.to_be_bytes());
         self.frame.extend_from_slice(payload);
         if pad {
-            // To the end of the page the frame ends on, wherever it starts.
-            let start = usize::try_from(self.offset % PAGE as u64).unwrap_or(0);
-            self.frame
-                .resize(padded(start + self.frame.len()) - start, 0);
+            // To the end of the page the frame ends on.
+            self.frame.resize(padded(self.frame.len()), 0);
         }
+        // Where the next frame starts; the zeros after it complete its page.
+        let used = self.frame.len();
+        self.frame.resize(padded(used), 0);
 
-        let end = self.offset + self.frame.len() as u64;
+        let start = self.offset - at as u64;
+        let end = start + self.frame.len() as u64;
         if end > self.size {
             self.grow(end.max(self.size + GROWTH))?;
         }
-        self.file.write_all_at(&self.frame, self.offset)?;
-        self.offset = end;
+        self.file.write_all_at(&self.frame, start)?;
+        self.offset = start + used as u64;
+        self.head.clear();
+        self.head
+            .extend_from_slice(&self.frame[used - used % PAGE..used]);
         self.lsn = lsn;
         Ok(())
     }
@@ -541,5 +560,44 @@ mod tests {
             .expect("corrupt");
         let (_, replay) = Wal::open(&path, 1, 0).expect("reopen");
         assert_eq!(replay, vec![b"pop".to_vec()]);
+    }
+
+    #[test]
+    fn every_write_covers_whole_pages() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 1, 0).expect("open");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("file");
+        let page = |n: u64| {
+            let mut buf = vec![0u8; PAGE];
+            file.read_exact_at(&mut buf, n * PAGE as u64).expect("read");
+            buf
+        };
+        // What an earlier generation left on the first pages.
+        file.write_all_at(&[0xff; 3 * PAGE], 0).expect("stale");
+
+        wal.append(b"pop", false).expect("append");
+        let first = HEADER + 3;
+        assert!(
+            page(0)[first..].iter().all(|&b| b == 0),
+            "the rest of the page is written with the frame"
+        );
+        // The next write starts at the page's start, from the log's own copy.
+        file.write_all_at(b"XXXX", 0).expect("damage");
+        wal.append(b"publish", true).expect("append");
+        assert_eq!(&page(0)[..4], MAGIC_UNPADDED.to_be_bytes());
+        assert_eq!(page(1), vec![0xff; PAGE], "a padded frame ends on its page");
+        wal.append(&[7u8; PAGE], false).expect("append");
+        assert!(page(2)[HEADER..].iter().all(|&b| b == 0));
+        drop(wal);
+        let (_, replay) = Wal::open(&path, 1, 0).expect("reopen");
+        assert_eq!(
+            replay,
+            vec![b"pop".to_vec(), b"publish".to_vec(), vec![7u8; PAGE]]
+        );
     }
 }
