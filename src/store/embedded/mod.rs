@@ -11,7 +11,7 @@
 //! The writer syncs the log itself rather than handing batches to a thread of
 //! their own: overlapping the next batch with the sync made batches smaller and
 //! cost two thread wake-ups per batch, which measured slower for small messages
-//! and large ones alike (see the README's Benchmark section).
+//! and large ones alike (see `bench/NOTES.md`).
 //!
 //! Most pops skip the writer: the hand-off between threads costs more than
 //! redb's work for a pop. The writer copies a popped queue's next messages into
@@ -19,8 +19,7 @@
 //! its pop in a file mapped into memory before answering, so that a killed
 //! restmq does not bring it back (see `cache.rs`). Logging those pops with a
 //! write to the log instead, one system call each on the connection threads,
-//! measured slower than the writer's batched hand-off (see the README's
-//! Benchmark section).
+//! measured slower than the writer's batched hand-off (see `bench/NOTES.md`).
 //!
 //! A job is answered only after every earlier batch is synced, so nothing can be
 //! delivered before it is durable. Changes that need no durability of their own
