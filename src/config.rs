@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::broker::hub::StreamLimits;
-use crate::store::{RedisOptions, RedisTarget};
+use crate::store::{EmbeddedOptions, RedisOptions, RedisTarget};
 
 /// Default limit of a request body, in bytes (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -14,6 +14,11 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_MAX_WAIT: u64 = 20;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
 const MAX_BODY_CEILING: u64 = 1 << 30;
+/// Default memory the embedded store keeps of its file, in MiB: redb's own
+/// default, as [`EmbeddedOptions::default`] has it.
+pub const DEFAULT_CACHE_SIZE: u64 = 1024;
+/// Highest `--cache-size` accepted, in MiB (1 TiB).
+const CACHE_SIZE_CEILING: u64 = 1 << 20;
 /// Default time a client has to send a request's head, in seconds.
 pub const DEFAULT_HEADER_TIMEOUT: u64 = 10;
 /// Default time a client has to send a request's body, in seconds.
@@ -52,6 +57,12 @@ pub struct ServeArgs {
     /// Directory of the embedded store; created when missing.
     #[arg(long, env = "RESTMQ_DATA_DIR", default_value = "./restmq-data")]
     pub data_dir: PathBuf,
+
+    /// Memory the embedded store keeps of its file, in MiB (its page cache and
+    /// write buffer). The store's memory grows with its data up to about this.
+    #[arg(long, env = "RESTMQ_CACHE_SIZE", value_name = "MIB", default_value_t = DEFAULT_CACHE_SIZE,
+          value_parser = clap::value_parser!(u64).range(1..=CACHE_SIZE_CEILING))]
+    pub cache_size: u64,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "RESTMQ_MAX_BODY", default_value_t = DEFAULT_MAX_BODY as u64,
@@ -256,6 +267,8 @@ pub struct Config {
     pub max_wait: u64,
     /// Whether changes are fsynced before they are acknowledged.
     pub fsync: bool,
+    /// Memory the embedded store keeps of its file, in bytes.
+    pub cache_bytes: usize,
     /// Limits of streaming delivery.
     pub streams: StreamLimits,
     /// The ACL file, if any.
@@ -284,6 +297,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             max_wait: DEFAULT_MAX_WAIT,
             fsync: true,
+            cache_bytes: EmbeddedOptions::default().cache_bytes,
             streams: StreamLimits::default(),
             acl: None,
             trusted_proxies: None,
@@ -294,6 +308,11 @@ impl Config {
             doors: DoorPorts::default(),
         }
     }
+}
+
+/// `n` MiB in bytes, saturating where `usize` is narrower.
+fn mib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }
 
 /// Why flags do not make a configuration.
@@ -337,6 +356,7 @@ impl TryFrom<&ServeArgs> for Config {
             max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
             max_wait: args.max_wait,
             fsync: !args.no_fsync,
+            cache_bytes: mib(args.cache_size),
             streams: StreamLimits {
                 consumer_buffer: args.stream_buffer as usize,
                 resume_buffer: args.resume_buffer as usize,
@@ -355,5 +375,40 @@ impl TryFrom<&ServeArgs> for Config {
                 syslog: args.syslog_port,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("restmq").chain(args.iter().copied()))?;
+        Ok(Config::try_from(&cli.serve).expect("a configuration"))
+    }
+
+    #[test]
+    fn the_cache_size_is_given_in_mib_and_defaults_to_a_gib() {
+        assert_eq!(config(&[]).expect("defaults").cache_bytes, 1 << 30);
+        assert_eq!(
+            config(&[]).expect("defaults").cache_bytes,
+            Config::new("d").cache_bytes
+        );
+        let small = config(&["--cache-size", "64"]).expect("64 MiB");
+        assert_eq!(small.cache_bytes, 64 << 20);
+        for refused in ["0", "-1", "lots", "1048577"] {
+            let error = config(&[&format!("--cache-size={refused}")])
+                .err()
+                .unwrap_or_else(|| panic!("--cache-size {refused} was accepted"));
+            assert!(error.to_string().contains("--cache-size"), "{error}");
+        }
     }
 }

@@ -104,6 +104,7 @@ pub async fn open(config: &Config) -> Result<AppState, OpenError> {
             let dir = config.data_dir.clone();
             let options = EmbeddedOptions {
                 fsync: config.fsync,
+                cache_bytes: config.cache_bytes,
             };
             let clock = Arc::new(store::SystemClock);
             let store =

@@ -89,3 +89,41 @@ async fn requests_after_the_store_closed_get_503() {
 }
 
 conformance!(queues_survive_a_restart);
+
+/// With the smallest cache (`--cache-size 1`, 1 MiB), a store many times its
+/// size is written out and read back from the file: every message comes back,
+/// in order, after a restart.
+#[tokio::test]
+async fn a_store_larger_than_its_cache_comes_back_whole() {
+    let Some(server) = TestServer::configured(Backend::Embedded, |config| {
+        config.cache_bytes = 1 << 20;
+    })
+    .await
+    else {
+        return;
+    };
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 100;
+    let value = |i: usize| format!("{i:06}-{}", "x".repeat(1000));
+    for batch in 0..BATCHES {
+        let body: String = (0..PER_BATCH)
+            .map(|n| value(batch * PER_BATCH + n) + "\n")
+            .collect();
+        let answer = server
+            .post_raw("/q/big", "application/x-ndjson", body)
+            .await;
+        assert_eq!(answer.status, 200, "batch {batch}: {}", answer.body);
+    }
+    let server = server.restart().await;
+    let total = BATCHES * PER_BATCH;
+    assert_eq!(server.get("/stats/big").await.json()["len"], total);
+    for i in 0..total {
+        assert_eq!(
+            server.pop("big").await,
+            Some((format!("big:{}", i + 1), value(i))),
+            "message {i}"
+        );
+    }
+    assert_eq!(server.pop("big").await, None);
+    server.stop().await;
+}

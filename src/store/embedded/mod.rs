@@ -92,11 +92,20 @@ pub struct EmbeddedOptions {
     /// changes are acknowledged once written to the operating system: a crash of
     /// restmq loses nothing, a crash of the machine can lose the latest changes.
     pub fsync: bool,
+    /// Memory redb keeps of the store's file, in bytes: its page cache and
+    /// write buffer.
+    pub cache_bytes: usize,
 }
+
+/// redb's own default cache (1 GiB).
+const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { fsync: true }
+        EmbeddedOptions {
+            fsync: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
     }
 }
 
@@ -174,6 +183,7 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
         let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
             .create(dir.join(DB_FILE))
             .map_err(db_error)?;
 
