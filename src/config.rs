@@ -14,9 +14,9 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_MAX_WAIT: u64 = 20;
 /// Highest `--max-body` accepted (1 GiB): a message is held in memory whole.
 const MAX_BODY_CEILING: u64 = 1 << 30;
-/// Default memory the embedded store keeps of its file, in MiB: redb's own
-/// default, as [`EmbeddedOptions::default`] has it.
-pub const DEFAULT_CACHE_SIZE: u64 = 1024;
+/// Default memory the embedded store keeps of its file, in MiB: the store's
+/// own default.
+pub const DEFAULT_CACHE_SIZE: u64 = (EmbeddedOptions::DEFAULT_CACHE_BYTES >> 20) as u64;
 /// Highest `--cache-size` accepted, in MiB (1 TiB).
 const CACHE_SIZE_CEILING: u64 = 1 << 20;
 /// Default time a client has to send a request's head, in seconds.
@@ -297,7 +297,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             max_wait: DEFAULT_MAX_WAIT,
             fsync: true,
-            cache_bytes: EmbeddedOptions::default().cache_bytes,
+            cache_bytes: EmbeddedOptions::DEFAULT_CACHE_BYTES,
             streams: StreamLimits::default(),
             acl: None,
             trusted_proxies: None,

@@ -97,14 +97,16 @@ pub struct EmbeddedOptions {
     pub cache_bytes: usize,
 }
 
-/// redb's own default cache (1 GiB).
-const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+impl EmbeddedOptions {
+    /// The default of [`EmbeddedOptions::cache_bytes`]: redb's own (1 GiB).
+    pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+}
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
             fsync: true,
-            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_bytes: Self::DEFAULT_CACHE_BYTES,
         }
     }
 }
