@@ -930,3 +930,66 @@ async fn sigterm_ends_streams_and_exits() {
     );
     assert!(server.log_text().contains("restmq stopped"));
 }
+
+/// The log is started over at each checkpoint, after a few MiB of it: its file
+/// stays small however much is published, and a kill after several
+/// checkpoints loses nothing acknowledged and brings back nothing popped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_stays_small_and_a_kill_after_checkpoints_loses_nothing() {
+    /// 40 MiB of messages in all, several times what a checkpoint waits for.
+    const MESSAGES: usize = 160;
+    const SIZE: usize = 256 << 10;
+    /// Popped before the kill.
+    const POPPED: usize = 40;
+    /// A bound on the log's file: the checkpoint's threshold, a step of growth
+    /// and a frame, well under the 40 MiB published.
+    const LOG_BOUND: u64 = 16 << 20;
+    let value = |i: usize| format!("{i:06}{}", "m".repeat(SIZE - 6));
+
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    let mut server = Server::start(dir.path()).await;
+    let queue = "checkpointed";
+    let http = reqwest::Client::new();
+    for i in 0..MESSAGES {
+        let response = http
+            .post(server.url(&format!("/q/{queue}")))
+            .form(&[("value", value(i))])
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 200, "publish {i}");
+    }
+    for i in 0..POPPED {
+        let response = http
+            .get(server.url(&format!("/q/{queue}")))
+            .send()
+            .await
+            .expect("pop");
+        assert_eq!(response.status(), 200, "pop {i}");
+        let json: serde_json::Value = response.json().await.expect("a JSON pop");
+        assert_eq!(json["value"].as_str(), Some(value(i).as_str()), "pop {i}");
+    }
+    let log = std::fs::metadata(dir.path().join("restmq.wal"))
+        .expect("the log's file")
+        .len();
+    assert!(
+        log <= LOG_BOUND,
+        "the log's file holds {log} bytes after {} MiB published",
+        (MESSAGES * SIZE) >> 20
+    );
+    server.kill();
+
+    let server = Server::start(dir.path()).await;
+    let (_, after) = drain(http, server.url(""), queue.to_owned()).await;
+    let values: Vec<&str> = after.iter().map(|(_, v)| v.as_str()).collect();
+    let expected: Vec<String> = (POPPED..MESSAGES).map(value).collect();
+    assert_eq!(values.len(), expected.len(), "messages back after the kill");
+    for (got, want) in values.iter().zip(&expected) {
+        assert!(
+            got == want,
+            "{} came back where {} was expected",
+            &got[..6],
+            &want[..6]
+        );
+    }
+}

@@ -47,8 +47,11 @@ const MAGIC_UNPADDED: u32 = 0x524d_5132;
 const INITIAL_SIZE: u64 = 1 << 20;
 /// The file grows by at least this much when a frame does not fit.
 const GROWTH: u64 = 4 << 20;
-/// A checkpoint starts the log over once this much of it is used.
-pub(super) const CHECKPOINT_AT: u64 = 48 << 20;
+/// A checkpoint starts the log over once this much of it is used. Every write
+/// waits while one runs, for a time that grows with what it writes to redb:
+/// small ones keep the longest waits short, and each costs about a
+/// millisecond more than the pages it writes (`bench/NOTES.md`, "Checkpoints").
+pub(super) const CHECKPOINT_AT: u64 = 8 << 20;
 
 /// One change recorded in a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
