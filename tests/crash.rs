@@ -987,9 +987,10 @@ async fn the_log_stays_small_and_a_kill_after_checkpoints_loses_nothing() {
     for (got, want) in values.iter().zip(&expected) {
         assert!(
             got == want,
-            "{} came back where {} was expected",
-            &got[..6],
-            &want[..6]
+            "message {} came back as {:?}… ({} bytes)",
+            &want[..6],
+            got.get(..6),
+            got.len()
         );
     }
 }
